@@ -1,0 +1,79 @@
+"""Defaults for every nin_jax run; the other configs override a few fields.
+
+Launch (the seed's CIFAR network on the embedded digits, as configs/digits.py tunes it):
+  python -m nin_jax.main --config=configs/default.py --workdir=/tmp/nin_default
+Any field can be overridden: --config.batch_size=64 --config.model.dropout_rate=0.3
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # --- Data -----------------------------------------------------------------
+    # TFDS name: digits (embedded, offline), mnist, cifar10, cifar100, svhn_cropped.
+    config.dataset = "digits"
+    # TFDS data directory (a gs:// path works on Cloud); None: TFDS's default
+    # (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    config.data_dir = ml_collections.config_dict.placeholder(str)
+    # Let TFDS read an already prepared copy of the dataset from its public bucket.
+    config.try_gcs = False
+    # TFDS split strings for training and for the final evaluation.
+    config.train_split = "train"
+    config.eval_split = "test"
+
+    # --- Model (fields of nin_jax.models.NIN) ---------------------------------
+    config.model = ml_collections.ConfigDict()
+    # Widths of each mlpconv block (k x k conv, cccp1, cccp2); the last block's
+    # class layer has num_classes outputs and is not listed.
+    config.model.widths = ((192, 160, 96), (192, 192, 192), (192, 192))
+    # Kernel size of each block's first convolution.
+    config.model.kernel_sizes = (5, 5, 3)
+    # Dropout after the pooling of the first two blocks.
+    config.model.dropout_rate = 0.5
+    # None: LeCun-normal kernels; a float: N(0, init_std) as in the authors' code.
+    config.model.init_std = ml_collections.config_dict.placeholder(float)
+    # 'auto' (matmul/im2col on CPU, XLA convolutions on GPU/TPU), 'xla' or 'matmul'.
+    config.model.conv_impl = "auto"
+    # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
+    config.dtype = "float32"
+
+    # --- Optimisation ---------------------------------------------------------
+    # Global batch size, split over all devices of all processes.
+    config.batch_size = 128
+    # Length of training in epochs, used when num_train_steps is -1.
+    config.num_epochs = 10
+    # Length of training in steps; -1: num_epochs * steps per epoch.
+    config.num_train_steps = -1
+    # Peak learning rate (after warmup).
+    config.learning_rate = 0.01
+    # 'cosine' (decay to 0), 'step' (multiply by lr_decay_factor at each of
+    # lr_decay_epochs) or 'constant'.
+    config.lr_schedule = "cosine"
+    # Linear warmup from 0 over this many epochs (NIN's ReLU class maps die
+    # easily at the start; see PAPER_NOTES.md).
+    config.warmup_epochs = 1.0
+    # For lr_schedule='step': epochs at which the rate is multiplied by lr_decay_factor.
+    config.lr_decay_epochs = (80, 160)
+    config.lr_decay_factor = 0.1
+    # SGD momentum, and whether to use Nesterov's variant.
+    config.momentum = 0.9
+    config.nesterov = False
+    # L2 weight decay on convolution kernels (not biases), added to the gradient
+    # as in PyTorch's SGD.
+    config.weight_decay = 1e-4
+
+    # --- Bookkeeping ----------------------------------------------------------
+    # Steps between training log lines.
+    config.log_every_steps = 50
+    # Steps between evaluations on eval_split; -1: once per epoch. There is
+    # always one at the end.
+    config.eval_every_steps = -1
+    # Steps between checkpoints (there is always one at the end).
+    config.checkpoint_every_steps = 1000
+    # Checkpoints kept in workdir/checkpoints.
+    config.max_checkpoints = 3
+    # Seed of parameter initialisation, data order and dropout.
+    config.seed = 0
+    return config

@@ -1,0 +1,196 @@
+"""Network In Network (Lin, Chen & Yan, 2013) as pure Flax linen modules, NHWC.
+
+The network is three mlpconv blocks (a k x k convolution and two 1 x 1 "cccp"
+convolutions, each followed by ReLU), 3x3/2 max pooling and dropout after the
+first two blocks, and global average pooling over the last block's class maps.
+
+Convolutions have two implementations with one parameter tree
+(``kernel`` in HWIO layout and ``bias``, as ``flax.linen.Conv``):
+
+* ``'xla'``: ``lax.conv_general_dilated`` and ``reduce_window`` max pooling,
+  the right choice on GPU and TPU;
+* ``'matmul'``: 1 x 1 convolutions as matmuls over the channel axis, k x k
+  convolutions as explicit im2col + one matmul, and max pooling as a maximum of
+  strided slices. XLA:CPU runs these several times faster than its native
+  convolutions and select-and-scatter pooling gradients.
+
+``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
+elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+# Widths of each mlpconv block (k x k conv, cccp1, cccp2) and its kernel size.
+# The class layer (the last block's cccp2) has ``num_classes`` outputs, so the
+# last block lists two widths only.
+CIFAR_WIDTHS = ((192, 160, 96), (192, 192, 192), (192, 192))
+CIFAR_KERNELS = (5, 5, 3)
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """Maps ``'auto'`` to the fastest implementation for the default backend."""
+    if conv_impl == "auto":
+        return "matmul" if jax.default_backend() == "cpu" else "xla"
+    if conv_impl not in ("xla", "matmul"):
+        raise ValueError(f"conv_impl must be 'auto', 'xla' or 'matmul', got {conv_impl!r}")
+    return conv_impl
+
+
+def _im2col(x: jax.Array, kernel_size: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H, W, k*k*C) patches, 'same' zero padding, (dy, dx, c) order."""
+    pad = kernel_size // 2
+    height, width = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    patches = [
+        padded[:, dy : dy + height, dx : dx + width, :]
+        for dy in range(kernel_size)
+        for dx in range(kernel_size)
+    ]
+    return jnp.concatenate(patches, axis=-1)
+
+
+def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
+    """3x3 max pooling, stride 2, padding 1 (padded cells never win), as PyTorch's MaxPool2d."""
+    if impl == "xla":
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    neg_inf = jnp.array(-jnp.inf, x.dtype)
+    padded = jnp.pad(
+        x,
+        ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width), (0, 0)),
+        constant_values=neg_inf,
+    )
+    result = None
+    for dy in range(3):
+        for dx in range(3):
+            window = padded[:, dy : dy + 2 * out_h : 2, dx : dx + 2 * out_w : 2, :]
+            result = window if result is None else jnp.maximum(result, window)
+    return result
+
+
+class Conv2D(nn.Module):
+    """Stride-1 'same' convolution with ``nn.Conv``'s parameters and two implementations."""
+
+    features: int
+    kernel_size: int
+    conv_impl: str = "xla"
+    dtype: Dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, in_features = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, in_features, self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.conv_impl == "xla":
+            pad = k // 2
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=(1, 1),
+                padding=((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        else:
+            patches = x if k == 1 else _im2col(x, k)
+            y = patches @ kernel.reshape(k * k * in_features, self.features)
+        return y + bias
+
+
+class MlpConv(nn.Module):
+    """One mlpconv block: k x k conv -> ReLU -> 1x1 (cccp1) -> ReLU -> 1x1 (cccp2) -> ReLU."""
+
+    widths: Sequence[int]
+    kernel_size: int
+    conv_impl: str = "xla"
+    dtype: Dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        names = ("conv", "cccp1", "cccp2")
+        for name, width in zip(names, self.widths, strict=True):
+            kernel_size = self.kernel_size if name == "conv" else 1
+            conv = Conv2D(
+                width,
+                kernel_size,
+                conv_impl=self.conv_impl,
+                dtype=self.dtype,
+                kernel_init=self.kernel_init,
+                name=name,
+            )
+            x = nn.relu(conv(x))
+        return x
+
+
+class NIN(nn.Module):
+    """Network In Network. ``NIN(num_classes=10)`` is the seed's CIFAR network.
+
+    Attributes:
+      num_classes: outputs of the class layer (the last cccp layer).
+      widths: per block, the widths of the k x k conv and the cccp layers; the
+        last block omits its class layer, whose width is ``num_classes``.
+      kernel_sizes: the k of each block's first convolution.
+      dropout_rate: dropout after each of the first two blocks' pooling.
+      init_std: ``None`` for LeCun-normal kernels (Flax's default), or the std of
+        the authors' Gaussian initialisation (0.05 in their cuda-convnet code).
+      conv_impl: 'auto', 'xla' or 'matmul' (see the module docstring).
+      dtype: computation dtype; parameters stay float32.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[Sequence[int]] = CIFAR_WIDTHS
+    kernel_sizes: Sequence[int] = CIFAR_KERNELS
+    dropout_rate: float = 0.5
+    init_std: float | None = None
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        if len(self.widths) != len(self.kernel_sizes):
+            raise ValueError("widths and kernel_sizes need one entry per block")
+        kernel_init = (
+            nn.initializers.lecun_normal()
+            if self.init_std is None
+            else nn.initializers.normal(self.init_std)
+        )
+        impl = resolve_conv_impl(self.conv_impl)
+        last = len(self.widths) - 1
+        self.blocks = [
+            MlpConv(
+                tuple(widths) + ((self.num_classes,) if i == last else ()),
+                kernel_size,
+                conv_impl=impl,
+                dtype=self.dtype,
+                kernel_init=kernel_init,
+                name=f"mlpconv{i + 1}",
+            )
+            for i, (widths, kernel_size) in enumerate(
+                zip(self.widths, self.kernel_sizes, strict=True)
+            )
+        ]
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self._pool_impl = impl
+
+    def class_maps(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The last mlpconv block's output: one non-negative map per class, (N, h, w, C)."""
+        for block in self.blocks[:-1]:
+            x = block(x)
+            x = max_pool_3x3_s2(x, self._pool_impl)
+            x = self.dropout(x, deterministic=not train)
+        return self.blocks[-1](x)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits (N, num_classes), float32, from NHWC images of any spatial size."""
+        maps = self.class_maps(x, train=train)
+        return jnp.mean(maps.astype(jnp.float32), axis=(1, 2))
