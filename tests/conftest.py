@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny configs, a prepared digits data dir, and a CLI runner."""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# No metadata-server probes from TF's GCS client: tests stay on loopback.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TINY_WIDTHS = ((8, 8, 8), (8, 8, 8), (8, 8))
+
+
+def load_config(name: str, **overrides):
+    """configs/<name>.py with tiny, fast overrides applied (dotted keys use '__')."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.model.widths = TINY_WIDTHS
+    config.batch_size = 8
+    config.num_train_steps = 2
+    config.log_every_steps = 1
+    config.warmup_epochs = 0.0
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with the embedded digits dataset prepared (once per session)."""
+    from nin_jax import input_pipeline
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    input_pipeline.get_builder("digits", data_dir)
+    return data_dir
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m <args>`` from the repository root and captures its output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
