@@ -34,11 +34,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(
             f"unknown config field {field!r} in an override; see configs/default.py for the fields"
         )
+    except OSError as e:  # ml_collections: the config file cannot be loaded.
+        fail_config_file(e)
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def fail_config_file(error: OSError) -> None:
+    reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+    fail(f"cannot load the config file: {reason}")
 
 
 def quiet_library_logs() -> None:
@@ -56,8 +63,7 @@ def main(argv: list[str]) -> None:
         config = FLAGS.config
         config.to_dict()  # ml_collections defers config-file load errors to first use.
     except OSError as e:
-        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
-        fail(f"cannot load the config file: {reason}")
+        fail_config_file(e)
     try:
         train.train_and_evaluate(config, FLAGS.workdir)
     except USER_ERRORS as e:

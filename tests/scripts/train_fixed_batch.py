@@ -1,0 +1,46 @@
+"""Runs a few train steps on one fixed global batch and prints losses and a params checksum.
+
+Run under different XLA_FLAGS=--xla_force_host_platform_device_count=N to compare device counts.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+sys.path.insert(0, sys.argv[1])
+from conftest import load_config  # noqa: E402
+
+from nin_jax import train  # noqa: E402
+
+
+def main() -> None:
+    config = load_config("cifar10", batch_size=16)
+    mesh = train.create_mesh()
+    model = train.create_model(config, num_classes=10)
+    optimizer = train.create_optimizer(config, train.create_learning_rate_fn(config, 10, 10))
+    init = jax.jit(
+        lambda rng: train.create_train_state(rng, model, (16, 16, 3), optimizer),
+        out_shardings=NamedSharding(mesh, P()),
+    )
+    state = init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    jit_train, _ = train.compile_steps(mesh)
+    losses = []
+    for _ in range(3):
+        state, metrics = jit_train(state, train.to_global(batch, mesh), jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    checksum = float(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params)))
+    print(json.dumps({"devices": jax.device_count(), "losses": losses, "checksum": checksum}))
+
+
+if __name__ == "__main__":
+    main()
