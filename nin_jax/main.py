@@ -7,6 +7,7 @@
 import logging as std_logging
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -65,10 +66,16 @@ def main(argv: list[str]) -> None:
     except OSError as e:
         fail_config_file(e)
     try:
-        train.train_and_evaluate(config, FLAGS.workdir)
+        _, results = train.train_and_evaluate(config, FLAGS.workdir)
     except USER_ERRORS as e:
         logging.flush()
         fail(str(e))
+    if jax.process_index() == 0:
+        print(
+            f"{config.dataset}: test accuracy {results['test_accuracy']:.2%} "
+            f"(error {results['test_error']:.2%}) at step {results['step']}; "
+            f"results in {FLAGS.workdir}/results.json"
+        )
 
 
 if __name__ == "__main__":
