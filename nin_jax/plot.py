@@ -87,7 +87,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     output = args.output or os.path.join(args.workdir, "curves.png")
     curves = read_metrics(os.path.join(args.workdir, "metrics.jsonl"))
-    render(curves, os.path.basename(os.path.normpath(args.workdir)), output)
+    config = restore.load_config(args.workdir)
+    render(curves, f"NIN on {config.dataset} ({args.workdir})", output)
     print(f"wrote {output}")
 
 

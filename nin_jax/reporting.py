@@ -91,7 +91,8 @@ class Reporter:
         self._total, self._per_epoch, self._batch = total_steps, steps_per_epoch, batch_size
         self._step = start_step
         now = time.perf_counter()
-        self._window_start = self._synced = self._last_tick = self._last_draw = now
+        self._window_start = self._synced = self._last_tick = now
+        self._last_draw = -float("inf")
         self._excluded = 0.0  # Seconds of evaluation inside the current window.
         self._train_seconds, self._steps_timed = 0.0, 0
         self._latest: dict[str, float] = {}

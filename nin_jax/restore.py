@@ -206,7 +206,7 @@ def load(workdir: str, step: int | None = None) -> Trained:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise WorkdirError(f"no checkpoint in {directory}: train first (python -m nin_jax.main)")
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(directory, options=options) as manager:
         steps = sorted(manager.all_steps())
         if not steps:
@@ -235,8 +235,11 @@ def load(workdir: str, step: int | None = None) -> Trained:
 
 def run_tool(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Runs a tool's ``main``; the errors a user can fix become one line and exit code 2."""
+    from absl import logging
+
     from nin_jax import input_pipeline, train
 
+    logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only managers are noise here.
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (

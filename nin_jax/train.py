@@ -228,13 +228,18 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainS
 
 
 def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) -> None:
-    """Stops training on a NaN/Inf loss before anything is saved from that state."""
-    losses = np.array([m["loss"] for m in window_metrics])
-    if not np.all(np.isfinite(losses)):
-        raise TrainingError(
-            f"loss became {losses[~np.isfinite(losses)][0]} by step {step}; "
-            f"the last good checkpoint is kept in {workdir}"
-        )
+    """Stops training on a NaN/Inf loss before anything is saved from that state.
+
+    The parameters' norm is checked too: a step's loss is computed before its
+    update, so a diverging update shows there one step before it shows in the loss.
+    """
+    for key, name in (("param_norm", "the parameters' norm"), ("loss", "loss")):
+        values = np.array([m[key] for m in window_metrics])
+        if not np.all(np.isfinite(values)):
+            raise TrainingError(
+                f"{name} became {values[~np.isfinite(values)][0]} by step {step}; "
+                f"the last good checkpoint is kept in {workdir}"
+            )
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
