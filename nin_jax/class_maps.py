@@ -88,10 +88,8 @@ def eval_examples(trained: restore.Trained, count: int, data_dir: str | None):
     builder = input_pipeline.get_builder(
         config.dataset, data_dir or config.data_dir, config.try_gcs
     )
-    split = input_pipeline.load_split(
-        builder, f"{config.eval_split}[:{count}]", drop_remainder=False
-    )
-    return split.images, [int(label) for label in split.labels]
+    split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
+    return split.images[:count], [int(label) for label in split.labels[:count]]
 
 
 def main(argv: list[str]) -> None:

@@ -126,7 +126,7 @@ def test_progress_bar_in_a_terminal(tmp_path):
 
 
 def test_log_lines_and_no_bar_when_not_a_terminal(tmp_path, caplog):
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")
     assert run_reporter(tmp_path, io.StringIO()) == ""
     lines = [r.getMessage() for r in caplog.records if r.name == "absl"]
     assert lines[0].startswith("epoch 1.00 step 2/4: loss 0.5000 accuracy 0.7500 lr 0.01,")
