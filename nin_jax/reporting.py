@@ -71,7 +71,8 @@ class Reporter:
 
     ``tick`` after every step (progress bar in a terminal), ``train`` at log
     points, ``eval`` after each evaluation, ``close`` at the end. Images/s and
-    ETA count training time only: the time of evaluations is left out.
+    ETA count training time only: evaluations and the first step's compilation
+    are left out.
     """
 
     def __init__(
@@ -91,7 +92,8 @@ class Reporter:
         self._total, self._per_epoch, self._batch = total_steps, steps_per_epoch, batch_size
         self._step = start_step
         now = time.perf_counter()
-        self._window_start = self._synced = self._last_tick = now
+        self._window_start = self._synced = now
+        self._last_tick: float | None = None
         self._last_draw = -float("inf")
         self._excluded = 0.0  # Seconds of evaluation inside the current window.
         self._train_seconds, self._steps_timed = 0.0, 0
@@ -109,8 +111,10 @@ class Reporter:
 
     def tick(self, step: int) -> None:
         """After every step: redraws the progress bar (terminal only, at most 5 times/s)."""
-        self._step = step
-        self._last_tick = now = time.perf_counter()
+        now = time.perf_counter()
+        if self._last_tick is None:  # The first step's jit compilation is not training time.
+            self._excluded += now - self._window_start
+        self._step, self._last_tick = step, now
         if not self._bar or (now - self._last_draw < _REDRAW_SECONDS and step < self._total):
             return
         self._last_draw = now
@@ -153,7 +157,7 @@ class Reporter:
         if not self.active:
             return
         now = time.perf_counter()
-        self._excluded += now - max(self._last_tick, self._synced)
+        self._excluded += now - max(self._last_tick or now, self._synced)
         self._writer.write("eval", step, {k: float(metrics[k]) for k in EVAL_SCALARS})
         self._clear_bar()
         logging.info(
