@@ -196,7 +196,8 @@ def _describe_mismatch(expected, restored) -> str:
 def load(workdir: str, step: int | None = None) -> Trained:
     """The model, parameters and dataset info of ``workdir`` at ``step`` (default: latest).
 
-    Reads only the parameters from the Orbax checkpoint; nothing is written.
+    The checkpoint (a whole TrainState) is restored without a target, read-only, and
+    its parameters are checked against the shapes of the model in config.json.
     """
     from nin_jax import train  # Deferred: train imports this module.
 
