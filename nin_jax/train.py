@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline
+from nin_jax import input_pipeline, reporting, restore
 from nin_jax.models import NIN
 
 Metrics = dict[str, float]
@@ -125,7 +125,12 @@ def train_step(
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return new_state, {"loss": loss, "accuracy": accuracy}
+    return new_state, {
+        "loss": loss,
+        "accuracy": accuracy,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(new_state.params),
+    }
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -213,17 +218,28 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainS
         return state
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     logging.info("Resuming from the checkpoint at step %d.", step)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:  # Orbax: shape or structure mismatch.
+        raise TrainingError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
+            f"model ({str(e).splitlines()[0]}); use another workdir"
+        ) from e
 
 
 def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) -> None:
-    """Stops training on a NaN/Inf loss before anything is saved from that state."""
-    losses = np.array([m["loss"] for m in window_metrics])
-    if not np.all(np.isfinite(losses)):
-        raise TrainingError(
-            f"loss became {losses[~np.isfinite(losses)][0]} by step {step}; "
-            f"the last good checkpoint is kept in {workdir}"
-        )
+    """Stops training on a NaN/Inf loss before anything is saved from that state.
+
+    The parameters' norm is checked too: a step's loss is computed before its
+    update, so a diverging update shows there one step before it shows in the loss.
+    """
+    for key, name in (("param_norm", "the parameters' norm"), ("loss", "loss")):
+        values = np.array([m[key] for m in window_metrics])
+        if not np.all(np.isfinite(values)):
+            raise TrainingError(
+                f"{name} became {values[~np.isfinite(values)][0]} by step {step}; "
+                f"the last good checkpoint is kept in {workdir}"
+            )
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
@@ -241,6 +257,7 @@ def train_and_evaluate(
     written to ``workdir/results.json``.
     """
     check_workdir(workdir)
+    restore.check_compatible(workdir, config)
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
@@ -248,6 +265,10 @@ def train_and_evaluate(
     eval_split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
     eval_total = total_over_processes(len(eval_split))
     mean, std = input_pipeline.channel_stats(train_split.images)
+    restore.write_dataset_info(
+        workdir, builder.info.features["label"].names, train_split.images.shape[1:], mean, std,
+        config.dataset,
+    )  # fmt: skip
 
     steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
     if steps_per_epoch == 0:
@@ -298,40 +319,34 @@ def train_and_evaluate(
         train_split, global_batch_size=config.batch_size, mean=mean, std=std,
         seed=config.seed, start_step=start_step,
     )  # fmt: skip
+    reporter = reporting.Reporter(
+        workdir, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        batch_size=config.batch_size, start_step=start_step,
+    )  # fmt: skip
     train_start = time.perf_counter()
-    window_start, window_metrics = train_start, []
+    window_metrics = []
     eval_metrics: Metrics | None = None
     for step in range(start_step + 1, total_steps + 1):
         state, metrics = jit_train(state, to_global(next(batches), mesh), dropout_rng)
         window_metrics.append(metrics)
+        reporter.tick(step)
         should_save = step % config.checkpoint_every_steps == 0 or step == total_steps
         if should_save:  # Never save a state whose loss went non-finite.
             check_finite(jax.device_get(window_metrics), step, workdir)
         if step % config.log_every_steps == 0 or step == total_steps:
             window_metrics = jax.device_get(window_metrics)
             check_finite(window_metrics, step, workdir)
-            losses = np.array([m["loss"] for m in window_metrics])
-            now = time.perf_counter()
-            logging.info(
-                "epoch %.2f step %d/%d: loss %.4f accuracy %.4f lr %.4g, %.1f images/s",
-                step / steps_per_epoch, step, total_steps, losses.mean(),
-                np.mean([m["accuracy"] for m in window_metrics]),
-                learning_rate_fn(step - 1),
-                len(window_metrics) * config.batch_size / (now - window_start),
-            )  # fmt: skip
-            window_start, window_metrics = now, []
+            reporter.train(step, window_metrics, float(learning_rate_fn(step - 1)))
+            window_metrics = []
         if step % eval_every == 0 or step == total_steps:
             eval_metrics = eval_now()
-            logging.info(
-                "step %d eval: loss %.4f accuracy %.4f error %.4f (%d examples)",
-                step, eval_metrics["loss"], eval_metrics["accuracy"], eval_metrics["error"],
-                eval_metrics["examples"],
-            )  # fmt: skip
+            reporter.eval(step, eval_metrics)
         if should_save:
             manager.save(step, args=ocp.args.StandardSave(state))
     train_seconds = time.perf_counter() - train_start
     manager.wait_until_finished()
     manager.close()
+    reporter.close()
 
     if eval_metrics is None:  # Nothing left to train: the workdir already holds the final step.
         eval_metrics = eval_now()

@@ -1,0 +1,122 @@
+"""The paper's Figure 4: images beside the class confidence maps of the last mlpconv layer.
+
+  python -m nin_jax.class_maps --workdir=/tmp/nin_digits [--num_images=8] [img1.png ...]
+
+NIN's last mlpconv block outputs one non-negative map per class, and the logits
+are their spatial averages, so each map shows where the network sees that class.
+Without image arguments the first --num_images examples of the config's eval
+split are shown with their true class (framed in green); the predicted class's
+title is red. Writes WORKDIR/class_maps.png (or --output).
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+from nin_jax import input_pipeline, restore
+
+CELL_INCHES = 1.2
+HEADER_INCHES = 0.6
+DPI = 100
+
+
+def figure_size(rows: int, maps: int) -> tuple[float, float]:
+    """Inches of a grid of ``rows`` images, each with ``maps`` class maps beside it."""
+    return CELL_INCHES * (1 + maps), CELL_INCHES * rows + HEADER_INCHES
+
+
+def shown_classes(scores: np.ndarray, max_maps: int) -> np.ndarray:
+    """All classes in order when they fit, else the ``max_maps`` best scored, best first."""
+    if len(scores) <= max_maps:
+        return np.arange(len(scores))
+    return np.argsort(-scores, kind="stable")[:max_maps]
+
+
+def render(
+    images: np.ndarray,
+    maps: np.ndarray,
+    labels: list[int | None],
+    class_names,
+    max_maps: int,
+    title: str,
+    output: str,
+) -> None:
+    """One row per image: the input, then its class maps on a per-row colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    scores = maps.mean(axis=(1, 2))
+    num_maps = min(max_maps, maps.shape[-1])
+    fig, axes = plt.subplots(
+        len(images), 1 + num_maps, figsize=figure_size(len(images), num_maps), dpi=DPI,
+        squeeze=False,
+    )  # fmt: skip
+    for row, (image, image_maps, label) in enumerate(zip(images, maps, labels, strict=True)):
+        predicted = int(scores[row].argmax())
+        axes[row, 0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+        truth = "?" if label is None else class_names[label]
+        axes[row, 0].set_title(f"true {truth}\npred {class_names[predicted]}", fontsize=7)
+        vmax = max(float(image_maps.max()), 1e-6)
+        for col, cls in enumerate(shown_classes(scores[row], num_maps), 1):
+            ax = axes[row, col]
+            ax.imshow(image_maps[..., cls], cmap="jet", vmin=0.0, vmax=vmax)
+            is_predicted = cls == predicted
+            ax.set_title(
+                class_names[cls], fontsize=7, color="red" if is_predicted else "black",
+                fontweight="bold" if is_predicted else "normal",
+            )  # fmt: skip
+            if cls == label:
+                for spine in ax.spines.values():
+                    spine.set(color="limegreen", linewidth=3)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - HEADER_INCHES / fig.get_figheight(), hspace=0.5
+    )
+    fig.savefig(output, dpi=DPI)
+    plt.close(fig)
+
+
+def eval_examples(trained: restore.Trained, count: int, data_dir: str | None):
+    """The first ``count`` images and labels of the config's eval split."""
+    config = trained.config
+    builder = input_pipeline.get_builder(
+        config.dataset, data_dir or config.data_dir, config.try_gcs
+    )
+    split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
+    return split.images[:count], [int(label) for label in split.labels[:count]]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nin_jax.class_maps", description=__doc__)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--num_images", type=int, default=8, help="eval images when none given")
+    parser.add_argument("--max_maps", type=int, default=10, help="class maps shown per image")
+    parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data_dir)")
+    parser.add_argument("--output", help="PNG path (default: WORKDIR/class_maps.png)")
+    parser.add_argument("images", nargs="*", help="image files; default: eval examples")
+    args = parser.parse_args(argv)
+    if args.num_images < 1 or args.max_maps < 1:
+        parser.error("--num_images and --max_maps must be at least 1")
+
+    trained = restore.load(args.workdir, args.step)
+    if args.images:
+        images = np.stack([trained.info.read_image(path) for path in args.images])
+        labels: list[int | None] = [None] * len(images)
+    else:
+        images, labels = eval_examples(trained, args.num_images, args.data_dir)
+    maps = trained.apply(images, method="class_maps").astype(np.float32)
+    output = args.output or os.path.join(args.workdir, "class_maps.png")
+    title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
+    render(images, maps, labels, trained.info.class_names, args.max_maps, title, output)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    restore.run_tool(main)

@@ -1,0 +1,141 @@
+"""plot, evaluate, predict and class_maps on one tiny trained digits workdir."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import load_config
+from PIL import Image
+
+from nin_jax import class_maps, evaluate, plot, predict, restore, train
+from nin_jax.datasets import digits
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits_data_dir) -> str:
+    """20 steps of a tiny NIN on digits, checkpoints at 10 and 20."""
+    path = str(tmp_path_factory.mktemp("tools_run"))
+    config = load_config(
+        "digits", data_dir=digits_data_dir, num_train_steps=20, checkpoint_every_steps=10,
+        log_every_steps=5, eval_every_steps=10, batch_size=32,
+    )  # fmt: skip
+    train.train_and_evaluate(config, path)
+    return path
+
+
+def png_size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.load()  # Decodes the whole file, not just the header.
+        assert image.format == "PNG"
+        return image.size
+
+
+def test_plot_renders_curves(workdir, tmp_path, capsys):
+    output = tmp_path / "curves.png"
+    plot.main([f"--workdir={workdir}", f"--output={output}"])
+    width, height = (round(d * plot.DPI) for d in plot.FIGSIZE)
+    assert png_size(output) == (width, height)
+    curves = plot.read_metrics(f"{workdir}/metrics.jsonl")
+    assert sorted(curves["train"]) == [5, 10, 15, 20]
+    assert sorted(curves["eval"]) == [10, 20]
+
+
+def test_evaluate_matches_training_results(workdir, capsys):
+    evaluate.main([f"--workdir={workdir}", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"step", "examples", "accuracy", "error", "per_class_accuracy"}
+    with open(f"{workdir}/results.json") as f:
+        final = json.load(f)
+    assert result["step"] == 20
+    assert result["examples"] == final["test_examples"] == 360
+    assert result["error"] == pytest.approx(final["test_error"], abs=1e-9)
+    assert list(result["per_class_accuracy"]) == [str(d) for d in range(10)]
+    matrix = np.array(result["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 360
+    assert np.trace(matrix) / 360 == pytest.approx(result["accuracy"])
+    size = round(max(4.0, evaluate.CELL_INCHES * 10 + 2.0) * evaluate.DPI)
+    assert png_size(f"{workdir}/eval/confusion_step_20.png") == (size, size)
+    with open(f"{workdir}/eval/step_20.json") as f:
+        assert json.load(f) == result
+
+
+def test_evaluate_chosen_step(workdir, tmp_path, capsys):
+    evaluate.main([f"--workdir={workdir}", "--step=10", f"--output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "step 10" in out and out.count("% correct") == 10
+    assert (tmp_path / "confusion_step_10.png").exists()
+
+
+def write_test_images(tmp_path) -> tuple[list[str], np.ndarray]:
+    """Two digits test images saved as a 32x32 RGB PNG and an 8x8 grayscale JPEG."""
+    images, _ = digits.load_arrays("test")
+    big = Image.fromarray(images[0, ..., 0]).resize((32, 32), Image.Resampling.NEAREST)
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    big.convert("RGB").save(paths[0])
+    Image.fromarray(images[1, ..., 0]).save(paths[1], quality=100)
+    return paths, images[:2]
+
+
+def test_predict_json(workdir, tmp_path, capsys):
+    paths, _ = write_test_images(tmp_path)
+    predict.main([f"--workdir={workdir}", "--json", "--top_k=10", *paths])
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 20
+    assert [p["file"] for p in result["predictions"]] == paths
+    for prediction in result["predictions"]:
+        probabilities = [entry["probability"] for entry in prediction["top_k"]]
+        assert set(prediction["top_k"][0]) == {"class", "name", "probability"}
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sorted(entry["class"] for entry in prediction["top_k"]) == list(range(10))
+
+
+def test_predict_preprocessing_matches_the_model_input(workdir, tmp_path):
+    """An 8x8 grayscale PNG is read back exactly and predicted like the raw test image."""
+    images, _ = digits.load_arrays("test")
+    path = tmp_path / "exact.png"
+    Image.fromarray(images[3, ..., 0]).save(path)
+    trained = restore.load(workdir)
+    np.testing.assert_array_equal(trained.info.read_image(str(path)), images[3])
+    expected = predict.softmax(trained.apply(images[3:4]).astype(np.float64))[0]
+    (result,) = predict.predict(trained, [str(path)], k=3)
+    assert [entry["class"] for entry in result["top_k"]] == list(np.argsort(-expected)[:3])
+    assert result["top_k"][0]["probability"] == pytest.approx(expected.max(), rel=1e-5)
+
+
+def test_predict_text(workdir, tmp_path, capsys):
+    paths, _ = write_test_images(tmp_path)
+    predict.main([f"--workdir={workdir}", "--top_k=3", *paths])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == paths
+    assert all(len(line.split(":")[1].split(",")) == 3 for line in lines)
+
+
+def test_class_maps_of_eval_images(workdir, tmp_path, capsys):
+    output = tmp_path / "maps.png"
+    class_maps.main([f"--workdir={workdir}", "--num_images=4", f"--output={output}"])
+    width, height = (round(d * class_maps.DPI) for d in class_maps.figure_size(4, 10))
+    assert png_size(output) == (width, height)
+
+
+def test_class_maps_of_given_images(workdir, tmp_path, capsys):
+    paths, _ = write_test_images(tmp_path)
+    output = tmp_path / "given.png"
+    class_maps.main([f"--workdir={workdir}", "--max_maps=3", f"--output={output}", *paths])
+    width, height = (round(d * class_maps.DPI) for d in class_maps.figure_size(2, 3))
+    assert png_size(output) == (width, height)
+
+
+def test_class_maps_average_to_the_logits(workdir):
+    """What the figure shows is what the model decides on: logits are the maps' means."""
+    images, _ = digits.load_arrays("test")
+    trained = restore.load(workdir)
+    maps = trained.apply(images[:5], method="class_maps")
+    assert maps.shape[0] == 5 and maps.shape[-1] == 10 and (maps >= 0).all()
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), trained.apply(images[:5]), rtol=1e-5)
+
+
+def test_shown_classes_are_the_best_scored_when_too_many():
+    scores = np.array([0.1, 0.9, 0.3, 0.7])
+    np.testing.assert_array_equal(class_maps.shown_classes(scores, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(class_maps.shown_classes(scores, 2), [1, 3])
