@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline
+from nin_jax import input_pipeline, preemption
 from nin_jax.models import NIN
 
 Metrics = dict[str, float]
@@ -202,7 +202,10 @@ def create_checkpoint_manager(
     workdir: str, config: ml_collections.ConfigDict
 ) -> ocp.CheckpointManager:
     directory = workdir if "://" in workdir else os.path.abspath(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints, create=True)
+    # Temporary directories of a save cut short (SIGKILL) are never restored; remove them.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.max_checkpoints, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
 
 
@@ -232,6 +235,17 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
             json.dump(payload, f, indent=2, sort_keys=True)
 
 
+def stop_after_preemption(
+    manager: ocp.CheckpointManager, watcher: preemption.PreemptionWatcher, step: int
+) -> None:
+    """Waits for the checkpoint of ``step`` to be written, then raises ``Preempted``."""
+    manager.wait_until_finished()
+    manager.close()
+    watcher.close()
+    logging.warning("Preempted: saved the checkpoint of step %d; exiting.", step)
+    raise preemption.Preempted(step)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> tuple[TrainState, Metrics]:
@@ -244,7 +258,9 @@ def train_and_evaluate(
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
-    train_split = input_pipeline.load_split(builder, config.train_split, drop_remainder=True)
+    train_split = input_pipeline.load_split(
+        builder, config.train_split, drop_remainder=True, per_process=False
+    )
     eval_split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
     eval_total = total_over_processes(len(eval_split))
     mean, std = input_pipeline.channel_stats(train_split.images)
@@ -252,7 +268,7 @@ def train_and_evaluate(
     steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
     if steps_per_epoch == 0:
         raise input_pipeline.DatasetError(
-            f"{config.train_split!r} has fewer examples per process than a batch"
+            f"{config.train_split!r} has fewer examples than one batch of {config.batch_size}"
         )
     total_steps = config.num_train_steps
     if total_steps < 0:
@@ -301,10 +317,12 @@ def train_and_evaluate(
     train_start = time.perf_counter()
     window_start, window_metrics = train_start, []
     eval_metrics: Metrics | None = None
+    watcher = preemption.PreemptionWatcher()
     for step in range(start_step + 1, total_steps + 1):
         state, metrics = jit_train(state, to_global(next(batches), mesh), dropout_rng)
         window_metrics.append(metrics)
-        should_save = step % config.checkpoint_every_steps == 0 or step == total_steps
+        preempted = watcher.reached(step)
+        should_save = preempted or step % config.checkpoint_every_steps == 0 or step == total_steps
         if should_save:  # Never save a state whose loss went non-finite.
             check_finite(jax.device_get(window_metrics), step, workdir)
         if step % config.log_every_steps == 0 or step == total_steps:
@@ -320,7 +338,7 @@ def train_and_evaluate(
                 len(window_metrics) * config.batch_size / (now - window_start),
             )  # fmt: skip
             window_start, window_metrics = now, []
-        if step % eval_every == 0 or step == total_steps:
+        if not preempted and (step % eval_every == 0 or step == total_steps):
             eval_metrics = eval_now()
             logging.info(
                 "step %d eval: loss %.4f accuracy %.4f error %.4f (%d examples)",
@@ -328,7 +346,10 @@ def train_and_evaluate(
                 eval_metrics["examples"],
             )  # fmt: skip
         if should_save:
-            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
+        if preempted:
+            stop_after_preemption(manager, watcher, step)
+    watcher.close()
     train_seconds = time.perf_counter() - train_start
     manager.wait_until_finished()
     manager.close()
