@@ -47,6 +47,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
             ],
             devices=2,
             log_path=tmp_path / f"log_{i}.txt",
+            cache=False,
         )  # fmt: skip
         for i in range(2)
     ]

@@ -4,7 +4,9 @@ The multi-process and preemption tests run this instead of ``nin_jax.main`` to
 compare what every process holds: ``<workdir>/params_<process index>.npz``.
 """
 
+import faulthandler
 import os
+import signal
 import sys
 
 import jax
@@ -32,4 +34,5 @@ train_and_evaluate = train.train_and_evaluate
 train.train_and_evaluate = train_and_save
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a hung run waits.
     app.run(main.main, flags_parser=main.parse_flags)

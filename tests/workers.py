@@ -41,8 +41,13 @@ def train_args(workdir, data_dir: str, **overrides) -> list[str]:
     ]
 
 
-def start(args: list[str], devices: int, log_path) -> subprocess.Popen:
-    """``tests/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``."""
+def start(args: list[str], devices: int, log_path, cache: bool = True) -> subprocess.Popen:
+    """``tests/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``.
+
+    Processes of one multi-process run must not use the compilation ``cache``:
+    only process 0 reads it, and a gloo collective fails when the other
+    processes arrive more than 30 s later, still compiling.
+    """
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -50,10 +55,11 @@ def start(args: list[str], devices: int, log_path) -> subprocess.Popen:
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     log = open(log_path, "w")
     return subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "tests" / "train_worker.py"), *args],
