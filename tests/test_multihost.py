@@ -6,9 +6,13 @@ are shared: one 2-process run, one 4-device reference, one 1-device resume.
 
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import workers
+from conftest import run_cli
+
+from nin_jax import input_pipeline
 
 STEPS = 6
 
@@ -51,7 +55,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
         )  # fmt: skip
         for i in range(2)
     ]
-    codes = workers.wait_all(processes, timeout=300)
+    codes = workers.wait_all(processes, timeout=600)
     logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
 
@@ -78,3 +82,47 @@ def test_resume_on_one_device_from_four(tmp_path, digits_data_dir, reference):
     assert workers.checkpoint_steps(tmp_path) == [3, 6]
     expected = workers.load_params(reference / "params_0.npz")
     assert_params_close(workers.load_params(tmp_path / "params_0.npz"), expected)
+
+
+def local_train_batches(split, monkeypatch, process: int, processes: int, start_step: int):
+    monkeypatch.setattr(jax, "process_index", lambda: process)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    batches = input_pipeline.train_batches(
+        split, global_batch_size=8, mean=np.zeros(1), std=np.ones(1), seed=3,
+        start_step=start_step,
+    )  # fmt: skip
+    return [next(batches)["label"] for _ in range(4)]
+
+
+def test_global_batches_do_not_depend_on_process_count(monkeypatch):
+    """Process i yields rows [4i, 4i+4) of the batch one process would yield, at every step."""
+    labels = np.arange(44, dtype=np.int32)  # 5 batches of 8 per epoch: steps 3..6 cross epochs.
+    split = input_pipeline.Split(images=np.zeros((44, 2, 2, 1), np.uint8), labels=labels)
+    whole = local_train_batches(split, monkeypatch, 0, 1, start_step=3)
+    parts = [local_train_batches(split, monkeypatch, i, 2, start_step=3) for i in range(2)]
+    for step in range(4):
+        np.testing.assert_array_equal(np.concatenate([p[step] for p in parts]), whole[step])
+    assert len(set(whole[0]) | set(whole[1])) == 16  # Distinct examples within an epoch.
+    restarted = local_train_batches(split, monkeypatch, 0, 1, start_step=5)
+    np.testing.assert_array_equal(restarted[0], whole[2])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--num_processes=2"],
+            "--num_processes needs --coordinator_address (or use --distributed alone)",
+        ),
+        (
+            ["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+            "--process_id=2 must be below --num_processes",
+        ),
+    ],
+)
+def test_bad_distributed_flags_exit_2(tmp_path, flags, message):
+    result = run_cli(
+        "nin_jax.main", "--config=configs/digits.py", f"--workdir={tmp_path}", *flags, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]

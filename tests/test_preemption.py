@@ -44,7 +44,7 @@ def uninterrupted(tmp_path_factory, digits_data_dir) -> dict:
 def start_and_wait_for_checkpoint(workdir: Path, data_dir: str, step: int):
     process = workers.start(args(workdir, data_dir), devices=1, log_path=workdir / "log.txt")
     try:
-        workers.wait_for(lambda: (workdir / "checkpoints" / str(step)).is_dir(), process, 240)
+        workers.wait_for(lambda: (workdir / "checkpoints" / str(step)).is_dir(), process, 600)
     except BaseException:
         workers.kill(process)
         raise
@@ -79,6 +79,7 @@ def test_sigkill_and_partial_checkpoints_resume_from_newest_complete(
     tmp_path, digits_data_dir, uninterrupted
 ):
     process = start_and_wait_for_checkpoint(tmp_path, digits_data_dir, 2 * EVERY)
+    assert process.poll() is None, "the run ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     complete = [s for s in workers.checkpoint_steps(tmp_path) if s < STEPS]

@@ -87,7 +87,7 @@ def wait_all(processes: list[subprocess.Popen], timeout: float) -> list[int]:
             kill(p)
 
 
-def run(args: list[str], devices: int, log_path, timeout: float = 240) -> int:
+def run(args: list[str], devices: int, log_path, timeout: float = 600) -> int:
     return wait_all([start(args, devices, log_path)], timeout)[0]
 
 
