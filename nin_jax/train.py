@@ -210,13 +210,34 @@ def create_checkpoint_manager(
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """The latest checkpoint restored onto ``state``'s shardings, or ``state`` if none."""
-    step = manager.latest_step()
-    if step is None:
-        return state
+    """The newest readable checkpoint restored onto ``state``'s shardings, or ``state`` if none.
+
+    The shardings come from ``state``, not from the checkpoint, so a run saved
+    on N devices resumes on any other number. Newer steps that cannot be read
+    (a save cut short on a file system without atomic renames, e.g. gcsfuse) are
+    deleted once an older one restores, to be trained and saved again; if none
+    restores (e.g. the config changed), nothing is deleted.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    logging.info("Resuming from the checkpoint at step %d.", step)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # Orbax, TensorStore and the file system raise many types.
+            unreadable.append((step, e))
+            continue
+        for bad_step, error in unreadable:
+            logging.warning("Deleting the unreadable checkpoint at step %d: %s", bad_step, error)
+            manager.delete(bad_step)
+        logging.info("Resuming from the checkpoint at step %d.", step)
+        return restored
+    if unreadable:
+        step, error = unreadable[0]
+        raise TrainingError(
+            f"no checkpoint in {manager.directory} can be restored into this config's state "
+            f"(step {step}: {type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
+    return state
 
 
 def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) -> None:

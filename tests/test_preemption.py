@@ -10,11 +10,15 @@ import shutil
 import signal
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 import workers
+from conftest import load_config
 
-from nin_jax import preemption
+from nin_jax import preemption, train
 
 STEPS, EVERY = 400, 20
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # What Orbax names a checkpoint it is still writing.
@@ -84,16 +88,39 @@ def test_sigkill_and_partial_checkpoints_resume_from_newest_complete(
     process.wait()
     complete = [s for s in workers.checkpoint_steps(tmp_path) if s < STEPS]
     newest = complete[-1]
-    # What a save cut short leaves: a temporary directory holding part of a checkpoint,
-    # here for the very step the restarted run saves next.
+    # What saves cut short leave: a temporary directory holding part of a checkpoint
+    # (Orbax on a local disk), and a step directory holding part of one (a file system
+    # without atomic renames, e.g. gcsfuse). Both for steps the restarted run saves again.
     checkpoints = tmp_path / "checkpoints"
-    partial = checkpoints / f"{newest + EVERY}{TMP_SUFFIX}"
-    shutil.copytree(checkpoints / str(newest), partial, dirs_exist_ok=True)
-    for path in sorted(p for p in partial.rglob("*") if p.is_file())[::2]:
-        path.write_bytes(path.read_bytes()[:7])
+    truncated = checkpoints / str(newest + EVERY)
+    partial = checkpoints / f"{newest + 2 * EVERY}{TMP_SUFFIX}"
+    for path in truncated, partial:
+        shutil.copytree(checkpoints / str(newest), path)
+        for file in sorted(p for p in path.rglob("*") if p.is_file())[::2]:
+            file.write_bytes(file.read_bytes()[:7])
 
     log = restart(tmp_path, digits_data_dir)
+    assert f"Deleting the unreadable checkpoint at step {newest + EVERY}" in log
     assert f"starting at step {newest}." in log
     assert workers.checkpoint_steps(tmp_path)[-1] == STEPS
     assert not [p for p in checkpoints.iterdir() if TMP_SUFFIX in p.name]
     assert_params_equal(workers.load_params(tmp_path / "params_0.npz"), uninterrupted)
+
+
+def test_checkpoint_of_another_config_is_an_error_and_kept(tmp_path):
+    """Nothing is deleted when no checkpoint fits: the config changed, not the checkpoints."""
+
+    def state_and_manager(widths):
+        config = load_config("digits", model__widths=widths)
+        model = train.create_model(config, num_classes=10)
+        state = train.create_train_state(jax.random.key(0), model, (8, 8, 1), optax.sgd(0.1))
+        return state, train.create_checkpoint_manager(str(tmp_path), config)
+
+    state, manager = state_and_manager(((4, 4, 4), (4, 4, 4), (4, 4)))
+    manager.save(5, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    assert train.restore_or_keep(manager, state).step == 0  # It restores into its own config.
+    other, manager = state_and_manager(((8, 4, 4), (4, 4, 4), (4, 4)))
+    with pytest.raises(train.TrainingError, match="no checkpoint in .* can be restored"):
+        train.restore_or_keep(manager, other)
+    assert manager.all_steps() == [5]
