@@ -4,7 +4,9 @@ Every run is a subprocess (the device count is fixed when JAX starts). The runs
 are shared: one 2-process run, one 4-device reference, one 1-device resume.
 """
 
+import re
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -67,6 +69,41 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
     assert '"devices": 4' in logs[0]
     # Only process 0 writes the training log.
     assert "step 6/6" in logs[0] and "step 6/6" not in logs[1]
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data_dir):
+    """The preemption sync manager spreads the notice: every process saves one step and exits."""
+    port = workers.free_port()
+    args = workers.train_args(
+        tmp_path, digits_data_dir, num_train_steps=400, checkpoint_every_steps=20,
+        log_every_steps=100, eval_every_steps=10_000,
+    )  # fmt: skip
+    processes = [
+        workers.start(
+            [
+                *args,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            devices=2,
+            log_path=tmp_path / f"log_{i}.txt",
+            cache=False,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        workers.wait_for(lambda: (tmp_path / "checkpoints" / "20").is_dir(), processes[0], 600)
+    except BaseException:
+        workers.wait_all(processes, timeout=0)
+        raise
+    processes[1].send_signal(signal.SIGTERM)
+    codes = workers.wait_all(processes, timeout=300)
+    logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
+    assert codes == [143, 143], logs[0][-3000:] + logs[1][-3000:]
+    stops = [int(re.search(r"stopped on SIGTERM at step (\d+)", log).group(1)) for log in logs]
+    assert stops[0] == stops[1] and 20 <= stops[0] < 400
+    assert workers.checkpoint_steps(tmp_path)[-1] == stops[0]
 
 
 def test_resume_on_one_device_from_four(tmp_path, digits_data_dir, reference):
