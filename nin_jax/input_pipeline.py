@@ -1,13 +1,16 @@
 """Input: TFDS splits held in host memory, fed through tf.data, deterministic in (seed, step).
 
-Every process loads only its own part of each split (``tfds.split_for_jax_process``)
-and yields *local* batches of ``global_batch_size // process_count`` examples.
+Every process yields *local* batches of ``global_batch_size // process_count``
+examples. Each process holds the whole training split (small image datasets fit
+in host memory) and takes its rows of every global batch; evaluation splits are
+divided between processes (``tfds.split_for_jax_process``).
 
-Training batches are a pure function of (seed, step): each epoch is a seeded
-permutation of the process's examples, so a run resumed at step ``s`` sees the
-same batches as one that never stopped, with no pipeline state to checkpoint.
-Evaluation batches cover every example exactly once; the last batch is padded
-and its padding has ``mask == 0``.
+Global training batches are a pure function of (seed, step), whatever the
+number of processes: each epoch is a seeded permutation of the split. A run
+resumed at step ``s``, on any number of hosts, sees the same batches as one that
+never stopped, with no pipeline state to checkpoint. Evaluation batches cover
+every example exactly once; the last batch is padded and its padding has
+``mask == 0``.
 """
 
 import dataclasses
@@ -65,13 +68,12 @@ def num_classes(builder) -> int:
     return builder.info.features["label"].num_classes
 
 
-def load_split(builder, split: str, *, drop_remainder: bool) -> Split:
-    """This process's part of ``split`` as numpy arrays.
+def load_split(builder, split: str, *, drop_remainder: bool, per_process: bool = True) -> Split:
+    """This process's part of ``split`` (all of it if not ``per_process``) as numpy arrays.
 
-    ``drop_remainder=True`` gives every process the same number of examples
-    (needed for training: all processes must run the same number of steps).
+    ``drop_remainder=True`` gives every process the same number of examples.
     """
-    if jax.process_count() > 1:
+    if per_process and jax.process_count() > 1:
         split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
     try:
         ds = builder.as_dataset(split=split).batch(_LOAD_CHUNK)
@@ -88,16 +90,10 @@ def load_split(builder, split: str, *, drop_remainder: bool) -> Split:
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 images, pooled over all processes."""
+    """Per-channel mean and std of uint8 images."""
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
-    moments = np.stack([np.full(pixels.shape[1], len(pixels)), pixels.sum(0), (pixels**2).sum(0)])
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        moments = np.asarray(multihost_utils.process_allgather(moments)).sum(0)
-    count, total, total_sq = moments
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    mean = pixels.mean(0)
+    std = np.sqrt(np.maximum((pixels**2).mean(0) - mean**2, 1e-12))
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -115,7 +111,9 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def steps_per_epoch(split: Split, global_batch_size: int) -> int:
-    return len(split) // local_batch_size(global_batch_size)
+    """Global batches in an epoch of the whole training ``split``."""
+    local_batch_size(global_batch_size)  # Checks divisibility by the devices.
+    return len(split) // global_batch_size
 
 
 def train_batches(
@@ -127,24 +125,30 @@ def train_batches(
     seed: int,
     start_step: int = 0,
 ) -> Iterator[Batch]:
-    """Endless local training batches, starting at global step ``start_step``."""
+    """Endless local training batches, starting at global step ``start_step``.
+
+    ``split`` is the whole training split. Global batch ``b`` of epoch ``e`` is
+    ``permutation(seed, e)[b * G:(b + 1) * G]``; process ``i`` yields its rows
+    ``[i * L, (i + 1) * L)``, the rows ``make_array_from_process_local_data``
+    gives its devices on a 'data' mesh ordered by process.
+    """
     batch_size = local_batch_size(global_batch_size)
     per_epoch = steps_per_epoch(split, global_batch_size)
     if per_epoch == 0:
         raise DatasetError(
-            f"the training split has {len(split)} examples per process, "
-            f"fewer than one batch of {batch_size}"
+            f"the training split has {len(split)} examples, fewer than one batch of "
+            f"{global_batch_size}"
         )
     images, labels = tf.constant(split.images), tf.constant(split.labels)
     count = len(split)
-    shuffle_seed = np.array([seed, jax.process_index()], np.int64)
+    first_row = jax.process_index() * batch_size
 
     def epoch_index_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(count), seed=tf.stack([shuffle_seed[0] + epoch, shuffle_seed[1]])
+            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
-        order = tf.reshape(order[: per_epoch * batch_size], (per_epoch, batch_size))
-        return tf.data.Dataset.from_tensor_slices(order)
+        order = tf.reshape(order[: per_epoch * global_batch_size], (per_epoch, global_batch_size))
+        return tf.data.Dataset.from_tensor_slices(order[:, first_row : first_row + batch_size])
 
     first_epoch = start_step // per_epoch
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_index_batches)

@@ -2,6 +2,11 @@
 
   python -m nin_jax.main --config=configs/svhn.py --workdir=/tmp/nin_svhn \\
       [--config.batch_size=64 ...]
+
+Several hosts: the same command on every host, plus ``--distributed`` (Cloud TPU
+pod slices, SLURM, Open MPI, Kubernetes: JAX finds the other processes) or
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+Exit codes: 0 done, 2 bad input, 143 stopped on SIGTERM after saving a checkpoint.
 """
 
 import logging as std_logging
@@ -11,13 +16,29 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nin_jax import input_pipeline, train
+from nin_jax import input_pipeline, preemption, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Start the JAX distributed runtime, finding the other processes from the environment "
+    "(Cloud TPU pod slices, SLURM, Open MPI, Kubernetes). Implied by --coordinator_address.",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator, for multi-process runs."
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.", 1)
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", 0)
+flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Devices this process uses (e.g. one GPU per process: --local_device_ids=0).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line: reported as one line, exit code 2.
@@ -49,6 +70,30 @@ def fail_config_file(error: OSError) -> None:
     fail(f"cannot load the config file: {reason}")
 
 
+def initialize_distributed() -> None:
+    """Joins the JAX distributed runtime if asked to; must come before any other JAX call."""
+    explicit = {
+        "coordinator_address": FLAGS.coordinator_address,
+        "num_processes": FLAGS.num_processes,
+        "process_id": FLAGS.process_id,
+        "local_device_ids": [int(i) for i in FLAGS.local_device_ids or []] or None,
+    }
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if not FLAGS.distributed and not given:
+        return
+    if given and FLAGS.coordinator_address is None and not FLAGS.distributed:
+        fail(f"--{next(iter(given))} needs --coordinator_address (or use --distributed alone)")
+    if FLAGS.process_id is not None and FLAGS.num_processes is not None:
+        if FLAGS.process_id >= FLAGS.num_processes:
+            fail(f"--process_id={FLAGS.process_id} must be below --num_processes")
+    try:
+        jax.distributed.initialize(**given)
+    except (ValueError, RuntimeError) as e:
+        fail(f"cannot start the JAX distributed runtime: {e}")
+    if jax.process_index() != 0:  # One log for the whole run: process 0's.
+        logging.set_verbosity(logging.WARNING)
+
+
 def quiet_library_logs() -> None:
     """Keeps Orbax's per-save INFO chatter out of the training log (warnings still show)."""
     logging.get_absl_handler().addFilter(
@@ -59,6 +104,7 @@ def quiet_library_logs() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    initialize_distributed()
     quiet_library_logs()
     try:
         config = FLAGS.config
@@ -70,6 +116,10 @@ def main(argv: list[str]) -> None:
     except USER_ERRORS as e:
         logging.flush()
         fail(str(e))
+    except preemption.Preempted as e:
+        logging.flush()
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(preemption.EXIT_CODE_PREEMPTED)
     if jax.process_index() == 0:
         print(
             f"{config.dataset}: test accuracy {results['test_accuracy']:.2%} "

@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline, reporting, restore
+from nin_jax import input_pipeline, preemption, reporting, restore
 from nin_jax.models import NIN
 
 Metrics = dict[str, float]
@@ -207,24 +207,43 @@ def create_checkpoint_manager(
     workdir: str, config: ml_collections.ConfigDict
 ) -> ocp.CheckpointManager:
     directory = workdir if "://" in workdir else os.path.abspath(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints, create=True)
+    # Temporary directories of a save cut short (SIGKILL) are never restored; remove them.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.max_checkpoints, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """The latest checkpoint restored onto ``state``'s shardings, or ``state`` if none."""
-    step = manager.latest_step()
-    if step is None:
-        return state
+    """The newest readable checkpoint restored onto ``state``'s shardings, or ``state`` if none.
+
+    The shardings come from ``state``, not from the checkpoint, so a run saved
+    on N devices resumes on any other number. Newer steps that cannot be read
+    (a save cut short on a file system without atomic renames, e.g. gcsfuse) are
+    deleted once an older one restores, to be trained and saved again; if none
+    restores (e.g. the config changed), nothing is deleted.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    logging.info("Resuming from the checkpoint at step %d.", step)
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except ValueError as e:  # Orbax: shape or structure mismatch.
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # Orbax, TensorStore and the file system raise many types.
+            unreadable.append((step, e))
+            continue
+        for bad_step, error in unreadable:
+            logging.warning("Deleting the unreadable checkpoint at step %d: %s", bad_step, error)
+            manager.delete(bad_step)
+        logging.info("Resuming from the checkpoint at step %d.", step)
+        return restored
+    if unreadable:
+        step, error = unreadable[0]
         raise TrainingError(
-            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
-            f"model ({str(e).splitlines()[0]}); use another workdir"
-        ) from e
+            f"no checkpoint in {manager.directory} can be restored: the newest (step {step}) "
+            f"does not fit this config's model ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}); use another workdir"
+        ) from error
+    return state
 
 
 def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) -> None:
@@ -248,6 +267,17 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
             json.dump(payload, f, indent=2, sort_keys=True)
 
 
+def stop_after_preemption(
+    manager: ocp.CheckpointManager, watcher: preemption.PreemptionWatcher, step: int
+) -> None:
+    """Waits for the checkpoint of ``step`` to be written, then raises ``Preempted``."""
+    manager.wait_until_finished()
+    manager.close()
+    watcher.close()
+    logging.warning("Preempted: saved the checkpoint of step %d; exiting.", step)
+    raise preemption.Preempted(step)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> tuple[TrainState, Metrics]:
@@ -261,7 +291,9 @@ def train_and_evaluate(
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
-    train_split = input_pipeline.load_split(builder, config.train_split, drop_remainder=True)
+    train_split = input_pipeline.load_split(
+        builder, config.train_split, drop_remainder=True, per_process=False
+    )
     eval_split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
     eval_total = total_over_processes(len(eval_split))
     mean, std = input_pipeline.channel_stats(train_split.images)
@@ -273,7 +305,7 @@ def train_and_evaluate(
     steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
     if steps_per_epoch == 0:
         raise input_pipeline.DatasetError(
-            f"{config.train_split!r} has fewer examples per process than a batch"
+            f"{config.train_split!r} has fewer examples than one batch of {config.batch_size}"
         )
     total_steps = config.num_train_steps
     if total_steps < 0:
@@ -326,11 +358,13 @@ def train_and_evaluate(
     train_start = time.perf_counter()
     window_metrics = []
     eval_metrics: Metrics | None = None
+    watcher = preemption.PreemptionWatcher()
     for step in range(start_step + 1, total_steps + 1):
         state, metrics = jit_train(state, to_global(next(batches), mesh), dropout_rng)
         window_metrics.append(metrics)
         reporter.tick(step)
-        should_save = step % config.checkpoint_every_steps == 0 or step == total_steps
+        preempted = watcher.reached(step)
+        should_save = preempted or step % config.checkpoint_every_steps == 0 or step == total_steps
         if should_save:  # Never save a state whose loss went non-finite.
             check_finite(jax.device_get(window_metrics), step, workdir)
         if step % config.log_every_steps == 0 or step == total_steps:
@@ -338,11 +372,15 @@ def train_and_evaluate(
             check_finite(window_metrics, step, workdir)
             reporter.train(step, window_metrics, float(learning_rate_fn(step - 1)))
             window_metrics = []
-        if step % eval_every == 0 or step == total_steps:
+        if not preempted and (step % eval_every == 0 or step == total_steps):
             eval_metrics = eval_now()
             reporter.eval(step, eval_metrics)
         if should_save:
-            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
+        if preempted:
+            reporter.close()
+            stop_after_preemption(manager, watcher, step)
+    watcher.close()
     train_seconds = time.perf_counter() - train_start
     manager.wait_until_finished()
     manager.close()

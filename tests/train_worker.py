@@ -1,0 +1,38 @@
+"""``python -m nin_jax.main`` that also saves this process's final parameters.
+
+The multi-process and preemption tests run this instead of ``nin_jax.main`` to
+compare what every process holds: ``<workdir>/params_<process index>.npz``.
+"""
+
+import faulthandler
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+from absl import app
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nin_jax import main, train  # noqa: E402
+
+
+def save_local_params(state: train.TrainState, workdir: str) -> None:
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    arrays = {jax.tree_util.keystr(path): np.asarray(x.addressable_data(0)) for path, x in flat}
+    np.savez(os.path.join(workdir, f"params_{jax.process_index()}.npz"), **arrays)
+
+
+def train_and_save(config, workdir):
+    state, results = train_and_evaluate(config, workdir)
+    save_local_params(state, workdir)
+    return state, results
+
+
+train_and_evaluate = train.train_and_evaluate
+train.train_and_evaluate = train_and_save
+
+if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a hung run waits.
+    app.run(main.main, flags_parser=main.parse_flags)
