@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline
+from nin_jax import input_pipeline, preprocessing, splits
 from nin_jax.models import NIN
 
 Metrics = dict[str, float]
@@ -50,6 +50,15 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> NIN:
         raise ValueError(f"config.dtype must be one of {sorted(dtypes)}, got {config.dtype!r}")
     model_config = config.model.to_dict()
     return NIN(num_classes=num_classes, dtype=dtypes[config.dtype], **model_config)
+
+
+def create_preprocess(
+    config: ml_collections.ConfigDict, builder, train_split: input_pipeline.Split
+) -> preprocessing.Preprocess:
+    """``config.preprocess`` fitted on the training examples (ZCA cached next to the data)."""
+    split_name = config.train_split + ("-validation" if config.validation else "")
+    stats_file = preprocessing.stats_path(builder.data_dir_root, config.dataset, split_name)
+    return preprocessing.create_preprocess(config.preprocess, train_split, stats_file)
 
 
 def create_learning_rate_fn(
@@ -244,10 +253,9 @@ def train_and_evaluate(
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
-    train_split = input_pipeline.load_split(builder, config.train_split, drop_remainder=True)
-    eval_split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
+    train_split, eval_split = splits.load_train_and_eval(config, builder)
     eval_total = total_over_processes(len(eval_split))
-    mean, std = input_pipeline.channel_stats(train_split.images)
+    preprocess = create_preprocess(config, builder, train_split)
 
     steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
     if steps_per_epoch == 0:
@@ -289,14 +297,14 @@ def train_and_evaluate(
 
     def eval_now() -> Metrics:
         batches = input_pipeline.eval_batches(
-            eval_split, global_batch_size=config.batch_size, mean=mean, std=std,
+            eval_split, global_batch_size=config.batch_size, preprocess=preprocess,
             num_batches=num_eval_batches,
         )  # fmt: skip
         return evaluate(jit_eval, state, batches, mesh)
 
     batches = input_pipeline.train_batches(
-        train_split, global_batch_size=config.batch_size, mean=mean, std=std,
-        seed=config.seed, start_step=start_step,
+        train_split, global_batch_size=config.batch_size, preprocess=preprocess,
+        seed=config.seed, start_step=start_step, augment=config.augment,
     )  # fmt: skip
     train_start = time.perf_counter()
     window_start, window_metrics = train_start, []
