@@ -57,7 +57,8 @@ def create_preprocess(
 ) -> preprocessing.Preprocess:
     """``config.preprocess`` fitted on the training examples (ZCA cached next to the data)."""
     split_name = config.train_split + ("-validation" if config.validation else "")
-    stats_file = preprocessing.stats_path(builder.data_dir_root, config.dataset, split_name)
+    root = config.data_dir or builder.data_dir_root
+    stats_file = preprocessing.stats_path(root, config.dataset, split_name)
     return preprocessing.create_preprocess(config.preprocess, train_split, stats_file)
 
 
