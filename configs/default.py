@@ -74,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # L2 weight decay on convolution kernels (not biases), added to the gradient
     # as in PyTorch's SGD.
     config.weight_decay = 1e-4
+    # The authors' per-layer learning rates: biases 2x, the class layer 0.1x.
+    config.lr_multipliers = False
 
     # --- Bookkeeping ----------------------------------------------------------
     # Steps between training log lines.

@@ -6,7 +6,8 @@ From the paper: the SVHN network (128-96-64 / 320-256-128 / 384-256-10,
 1,986,026 parameters), training on train + extra (604,388 images), local
 contrast normalisation, no augmentation; --config.validation=True holds out
 its 6,000-image validation split (400 per class from train, 200 from extra).
-From the authors' code: N(0, 0.05) weights, SGD momentum 0.9.
+From the authors' code: N(0, 0.05) weights, SGD momentum 0.9,
+biases at 2x and the class layer at 0.1x the base rate (config.lr_multipliers).
 Ours (the paper gives no SVHN schedule): batch 128, base rate 0.05 (lower than
 CIFAR's, for the wider network), weight decay 1e-4, 20 epochs (94k steps) with
 the rate / 10 after 10 and 15, and half an epoch of warmup.
@@ -24,6 +25,7 @@ def get_config():
     config.augment = "none"
     config.model.widths, config.model.kernel_sizes = VARIANTS["svhn"]
     config.model.init_std = 0.05
+    config.lr_multipliers = True
     config.batch_size = 128
     config.num_epochs = 20
     config.learning_rate = 0.05

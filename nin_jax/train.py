@@ -95,6 +95,28 @@ def _kernels_only(params):
     )
 
 
+def authors_lr_multipliers(params):
+    """The authors' per-layer rates: biases 2x, the class layer (last block's cccp2) 0.1x."""
+    last_block = f"mlpconv{sum(name.startswith('mlpconv') for name in params)}"
+
+    def multiplier(path, _) -> float:
+        keys = [getattr(p, "key", None) for p in path]
+        scale = 2.0 if keys[-1] == "bias" else 1.0
+        return scale * 0.1 if keys[:2] == [last_block, "cccp2"] else scale
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_updates(multipliers_fn: Callable) -> optax.GradientTransformation:
+    """Multiplies each update by a per-parameter constant: with SGD, a per-layer learning rate."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(jnp.multiply, updates, multipliers_fn(updates)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
@@ -102,6 +124,7 @@ def create_optimizer(
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),
         optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=config.nesterov),
+        scale_updates(authors_lr_multipliers) if config.lr_multipliers else optax.identity(),
     )
 
 
