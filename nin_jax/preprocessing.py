@@ -78,7 +78,7 @@ def zca_moments(images: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     return float(count), total, total_outer
 
 
-def zca_whiten(images: tf.Tensor, mean: np.ndarray, whitening: np.ndarray) -> tf.Tensor:
+def zca_whiten(images: tf.Tensor, mean: tf.Tensor, whitening: tf.Tensor) -> tf.Tensor:
     """``(gcn(x) - mean) @ W``, shape preserved."""
     x = global_contrast_normalize(images)
     shape = tf.shape(x)
@@ -163,6 +163,9 @@ def create_preprocess(
             mean, whitening = zca_from_moments(*zca_moments(train.images))
         else:
             mean, whitening = load_or_fit_zca(stats_file, train)
+        # Eager tensors are captured by tf.data's functions as inputs; numpy arrays
+        # would become 37 MB graph constants, slow to build and optimise for every pipeline.
+        mean, whitening = tf.constant(mean), tf.constant(whitening)
         return lambda images: zca_whiten(images, mean, whitening)
     if name == "lcn":
         return local_contrast_normalize

@@ -1,17 +1,18 @@
-"""Every recipe in configs/ trains and evaluates end to end, on 1 and on 4 (fake CPU) devices.
+"""Every recipe in configs/ trains and evaluates end to end on 1 device; the variants' sizes.
 
 Real datasets come from ``tfds.testing.mock_data`` (random images, any split
-string accepted); ``digits`` and ``default`` also run on the embedded digits.
-Tiny widths keep it fast. The ZCA statistics of the mock CIFAR data are seeded
-into the cache once (identity whitening): fitting a 3072 x 3072 ZCA takes ~40 s
-here, and fitting is tested against numpy in test_preprocessing.py.
+string accepted); ``digits`` and ``default`` run on the embedded digits.
+test_recipes_multidevice.py runs the same on 4 fake CPU devices.
+
+Compilation dominates the time, so the runs use tiny widths, XLA convolutions
+(faster to compile than the 'matmul' ones) and the 'rbg' PRNG (threefry's
+dropout masks compile slowly on CPU). The ZCA statistics of the mock CIFAR data
+are seeded into the cache (identity whitening): fitting a 3072 x 3072 ZCA
+takes ~40 s here, and fitting is tested against numpy in test_preprocessing.py.
 """
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,19 @@ def seed_zca_cache(data_dir: str) -> None:
         path = preprocessing.stats_path(data_dir, dataset, "train")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path, mean=np.zeros(3072, np.float32), whitening=np.eye(3072, dtype=np.float32))
+
+
+def tiny_recipe(name: str, **overrides):
+    """configs/<name>.py with conftest's tiny overrides and XLA convolutions."""
+    return load_config(name, model__conv_impl="xla", **overrides)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_prng():
+    previous = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    yield
+    jax.config.update("jax_default_prng_impl", previous)
 
 
 def check_results(name: str, config, results: dict, devices: int) -> None:
@@ -112,7 +126,7 @@ def mock_data_dir(tmp_path_factory) -> str:
 def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path):
     import tensorflow_datasets as tfds
 
-    config = load_config(name, data_dir=mock_data_dir)
+    config = tiny_recipe(name, data_dir=mock_data_dir)
     with tfds.testing.mock_data(
         policy=tfds.testing.MockPolicy.USE_CODE, num_examples=MOCK_EXAMPLES
     ):
@@ -124,48 +138,10 @@ def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path
 @pytest.mark.parametrize("name", ["default", "digits"])
 def test_digits_recipes_evaluate_every_example_of_1001_once(name, digits_data_dir, tmp_path):
     """A 1,001-example eval split with global batch 128: 8 batches, the last one padded."""
-    config = load_config(name, data_dir=digits_data_dir, eval_split="train[:1001]", batch_size=128)
+    config = tiny_recipe(name, data_dir=digits_data_dir, eval_split="train[:1001]", batch_size=128)
     _, results = train.train_and_evaluate(config, str(tmp_path))
     check_results(name, config, results, devices=1)
     assert results["test_examples"] == 1001
-
-
-FOUR_DEVICE_SCRIPT = """
-import json, sys, tempfile
-import jax
-import tensorflow_datasets as tfds
-sys.path.insert(0, "tests")
-from conftest import load_config
-from nin_jax import train
-assert jax.device_count() == 4, jax.devices()
-data_dir, names = sys.argv[1], sys.argv[2:]
-for name in names:
-    config = load_config(name, data_dir=data_dir)
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples={n}):
-        _, results = train.train_and_evaluate(config, tempfile.mkdtemp())
-    print("RESULT", name, json.dumps(results), flush=True)
-"""
-
-
-def test_every_recipe_on_four_cpu_devices(mock_data_dir):
-    """One subprocess for all recipes: XLA_FLAGS must be set before jax is imported."""
-    script = FOUR_DEVICE_SCRIPT.format(n=MOCK_EXAMPLES)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script, mock_data_dir, *RECIPES],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [line.split(" ", 2) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert [name for _, name, _ in lines] == RECIPES
-    for _, name, payload in lines:
-        results = json.loads(payload)
-        check_results(name, load_config(name), results, devices=4)
-        assert results["test_examples"] == MOCK_EXAMPLES
 
 
 def test_authors_learning_rate_multipliers():
