@@ -105,3 +105,16 @@ def test_sliced_validation_and_unsupported_datasets(digits):
     config = load_config("digits", validation=True)
     with pytest.raises(input_pipeline.DatasetError, match="no validation split defined"):
         splits.load_train_and_eval(config, digits)
+
+
+def test_svhn_validation_under_mock_data(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(splits, "SVHN_VALIDATION_PER_CLASS", {"train": 2, "extra": 1})
+    config = load_config("svhn", validation=True, data_dir=str(tmp_path))
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=80):
+        builder = input_pipeline.get_builder("svhn_cropped", str(tmp_path))
+        train_part, validation = splits.load_train_and_eval(config, builder)
+    assert np.bincount(validation.labels, minlength=10).tolist() == [3] * 10
+    assert validation.images.shape == (30, 32, 32, 3)
+    assert len(train_part) > 80  # The tails of train and extra plus the heads' other examples.
