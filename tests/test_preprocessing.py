@@ -165,3 +165,22 @@ def test_augmented_batches_are_a_function_of_seed_and_step():
         input_pipeline.train_batches(
             split, global_batch_size=8, preprocess=preprocess, seed=0, augment="flip"
         )
+
+
+def test_zca_moments_are_pooled_over_processes(monkeypatch):
+    """Two simulated processes, each with half the training data, whiten like one with all."""
+    from jax.experimental import multihost_utils
+
+    train = random_images(120, size=4)
+    halves = [train[:60], train[60:]]
+    local = [preprocessing.zca_moments(h) for h in halves]
+    monkeypatch.setattr(preprocessing.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        multihost_utils,
+        "process_allgather",
+        lambda tree: [np.stack([np.asarray(m[i]) for m in local]) for i in range(3)],
+    )
+    pooled = preprocessing.zca_from_moments(*preprocessing.zca_moments(halves[0]))
+    mean, whitening = numpy_zca_fit(train)
+    np.testing.assert_allclose(pooled[0], mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled[1], whitening, rtol=1e-5, atol=1e-5)
