@@ -1,6 +1,10 @@
-"""CIFAR-100 with the seed's NIN and 100 class maps (paper: 35.68% test error).
+"""CIFAR-100, no augmentation: the paper's 35.68% row.
 
-python -m nin_jax.main --config=configs/cifar100.py --workdir=/tmp/nin_cifar100
+  python -m nin_jax.main --config=configs/cifar100.py --workdir=/tmp/nin_cifar100
+
+The paper uses the CIFAR-10 settings unchanged (except the 100-map class
+layer: 984,356 parameters), so this is configs/cifar10.py on cifar100,
+GCN + ZCA statistics fitted on CIFAR-100's own training split.
 """
 
 from configs import cifar10

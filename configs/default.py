@@ -22,6 +22,14 @@ def get_config() -> ml_collections.ConfigDict:
     # TFDS split strings for training and for the final evaluation.
     config.train_split = "train"
     config.eval_split = "test"
+    # True: hold out the paper's validation split of the training data and
+    # evaluate on it instead of eval_split (nin_jax/splits.py says which examples).
+    config.validation = False
+    # 'standardize' (per-channel mean/std), 'gcn_zca' (the paper's CIFAR
+    # preprocessing) or 'lcn' (the paper's SVHN one); see nin_jax/preprocessing.py.
+    config.preprocess = "standardize"
+    # 'none' or 'crop_flip' (pad 4, random crop back to size, horizontal flip).
+    config.augment = "none"
 
     # --- Model (fields of nin_jax.models.NIN) ---------------------------------
     config.model = ml_collections.ConfigDict()
@@ -32,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.kernel_sizes = (5, 5, 3)
     # Dropout after the pooling of the first two blocks.
     config.model.dropout_rate = 0.5
+    # 'gap' (global average pooling, the paper's NIN), 'fc' or 'fc_dropout' (a
+    # dense layer on the flattened class maps, the paper's ablation).
+    config.model.head = "gap"
     # None: LeCun-normal kernels; a float: N(0, init_std) as in the authors' code.
     config.model.init_std = ml_collections.config_dict.placeholder(float)
     # 'auto' (matmul/im2col on CPU, XLA convolutions on GPU/TPU), 'xla' or 'matmul'.
@@ -63,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # L2 weight decay on convolution kernels (not biases), added to the gradient
     # as in PyTorch's SGD.
     config.weight_decay = 1e-4
+    # The authors' per-layer learning rates: biases 2x, the class layer 0.1x.
+    config.lr_multipliers = False
 
     # --- Bookkeeping ----------------------------------------------------------
     # Steps between training log lines.

@@ -14,7 +14,7 @@ every example exactly once; the last batch is padded and its padding has
 """
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -68,13 +68,26 @@ def num_classes(builder) -> int:
     return builder.info.features["label"].num_classes
 
 
-def load_split(builder, split: str, *, drop_remainder: bool, per_process: bool = True) -> Split:
-    """This process's part of ``split`` (all of it if not ``per_process``) as numpy arrays.
+def load_split(
+    builder,
+    split: str,
+    *,
+    drop_remainder: bool,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Split:
+    """This process's part of ``split`` as numpy arrays.
 
-    ``drop_remainder=True`` gives every process the same number of examples.
+    ``drop_remainder=True`` gives every process the same number of examples
+    (needed for training: all processes must run the same number of steps).
+    ``process_index``/``process_count`` default to JAX's (tests simulate others).
     """
-    if per_process and jax.process_count() > 1:
-        split = tfds.split_for_jax_process(split, drop_remainder=drop_remainder)
+    process_count = jax.process_count() if process_count is None else process_count
+    if process_count > 1:
+        index = jax.process_index() if process_index is None else process_index
+        split = tfds.split_for_jax_process(
+            split, process_index=index, process_count=process_count, drop_remainder=drop_remainder
+        )
     try:
         ds = builder.as_dataset(split=split).batch(_LOAD_CHUNK)
         chunks = list(tfds.as_numpy(ds))
@@ -97,8 +110,31 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _normalize(images: tf.Tensor, mean: np.ndarray, std: np.ndarray) -> tf.Tensor:
-    return (tf.cast(images, tf.float32) - mean) / std
+def crop_flip(
+    images: tf.Tensor, seed: tf.Tensor, pad: int = 4, rows: tuple[int, int] | None = None
+) -> tf.Tensor:
+    """Per image: a random translation by up to ``pad`` pixels (zero-padded), then a
+    horizontal flip with probability 1/2; a pure function of the stateless ``seed``.
+
+    ``rows=(first, total)``: ``images`` are rows ``first..`` of a batch of ``total``;
+    the randomness is drawn for all ``total`` rows, so each row's transform does not
+    depend on how the batch is split between processes.
+    """
+    shape = tf.shape(images)
+    size, height, width = shape[0], shape[1], shape[2]
+    first, total = rows if rows is not None else (0, size)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    offsets = tf.random.stateless_uniform((total, 2), crop_seed, maxval=2 * pad + 1, dtype=tf.int32)
+    offsets = offsets[first : first + size]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = offsets[:, :1] + tf.range(height)[None]
+    cols = offsets[:, 1:] + tf.range(width)[None]
+    cropped = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+    flip = (tf.random.stateless_uniform((total,), flip_seed) < 0.5)[first : first + size]
+    return tf.where(flip[:, None, None, None], tf.reverse(cropped, [2]), cropped)
+
+
+AUGMENTATIONS = ("none", "crop_flip")
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -120,18 +156,25 @@ def train_batches(
     split: Split,
     *,
     global_batch_size: int,
-    mean: np.ndarray,
-    std: np.ndarray,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
     seed: int,
     start_step: int = 0,
+    augment: str = "none",
 ) -> Iterator[Batch]:
     """Endless local training batches, starting at global step ``start_step``.
 
     ``split`` is the whole training split. Global batch ``b`` of epoch ``e`` is
     ``permutation(seed, e)[b * G:(b + 1) * G]``; process ``i`` yields its rows
     ``[i * L, (i + 1) * L)``, the rows ``make_array_from_process_local_data``
-    gives its devices on a 'data' mesh ordered by process.
+    gives its devices on a 'data' mesh ordered by process. ``preprocess`` maps a
+    uint8 batch to float32; ``augment`` ('none' or 'crop_flip') is applied after
+    it, drawn for the whole global batch from (seed, step), so batches do not
+    depend on the number of processes.
     """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(
+            f"config.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}"
+        )
     batch_size = local_batch_size(global_batch_size)
     per_epoch = steps_per_epoch(split, global_batch_size)
     if per_epoch == 0:
@@ -142,6 +185,7 @@ def train_batches(
     images, labels = tf.constant(split.images), tf.constant(split.labels)
     count = len(split)
     first_row = jax.process_index() * batch_size
+    augment_seed = tf.constant([seed, 1], tf.int64)
 
     def epoch_index_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
@@ -152,19 +196,25 @@ def train_batches(
 
     first_epoch = start_step // per_epoch
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_index_batches)
-    ds = ds.skip(start_step - first_epoch * per_epoch)
-    ds = ds.map(
-        lambda idx: {
-            "image": _normalize(tf.gather(images, idx), mean, std),
-            "label": tf.gather(labels, idx),
-        },
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    ds = ds.skip(start_step - first_epoch * per_epoch).enumerate(start=start_step)
+
+    def make_batch(step, idx):
+        batch = preprocess(tf.gather(images, idx))
+        if augment == "crop_flip":
+            step_seed = tf.random.experimental.stateless_fold_in(augment_seed, step)
+            batch = crop_flip(batch, step_seed, rows=(first_row, global_batch_size))
+        return {"image": batch, "label": tf.gather(labels, idx)}
+
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return _as_numpy(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def eval_batches(
-    split: Split, *, global_batch_size: int, mean: np.ndarray, std: np.ndarray, num_batches: int
+    split: Split,
+    *,
+    global_batch_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    num_batches: int,
 ) -> Iterator[Batch]:
     """``num_batches`` local batches covering the split once; padding has ``mask == 0``."""
     batch_size = local_batch_size(global_batch_size)
@@ -177,7 +227,7 @@ def eval_batches(
     mask = (np.arange(padded) < len(split)).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
     ds = ds.batch(batch_size).map(
-        lambda b: {**b, "image": _normalize(b["image"], mean, std)},
+        lambda b: {**b, "image": preprocess(b["image"])},
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return _as_numpy(ds.prefetch(tf.data.AUTOTUNE))

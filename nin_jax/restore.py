@@ -1,12 +1,14 @@
 """What a workdir holds besides checkpoints, and loading a trained model back from it.
 
-``train.train_and_evaluate`` writes ``config.json`` (the run's config) and
-``dataset.json`` (class names, image shape and the train split's per-channel
-mean/std), so the tools (evaluate, predict, class_maps) can rebuild the model
-and its input normalisation without reading the training set again.
+``train.train_and_evaluate`` writes ``config.json`` (the run's config),
+``dataset.json`` (class names, image shape, preprocessing) and
+``preprocess.npz`` (the preprocessing statistics fitted on the training split),
+so the tools (evaluate, predict, class_maps) can rebuild the model and its input
+preprocessing without reading the training set again.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -18,10 +20,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from nin_jax import preprocessing
 
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
-CHECKPOINT_DEFINING_FIELDS = ("dataset", "model.widths", "model.kernel_sizes")
+CHECKPOINT_DEFINING_FIELDS = ("dataset", "model.widths", "model.kernel_sizes", "model.head")
+
+
+PREPROCESS_FILE = "preprocess.npz"
 
 
 class WorkdirError(ValueError):
@@ -39,16 +47,20 @@ class DatasetInfo:
     dataset: str
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
-    mean: np.ndarray  # float32 (C,)
-    std: np.ndarray  # float32 (C,)
+    preprocess: str  # config.preprocess
+    preprocess_params: dict[str, np.ndarray]  # preprocessing.fit's statistics
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32, exactly as the training pipeline normalises."""
-        return (images.astype(np.float32) - self.mean) / self.std
+        """uint8 (N, H, W, C) -> float32, exactly as the training pipeline preprocesses."""
+        return np.asarray(self._preprocess(tf.constant(images)))
+
+    @functools.cached_property
+    def _preprocess(self) -> Callable:
+        return preprocessing.from_params(self.preprocess, self.preprocess_params)
 
     def read_image(self, path: str) -> np.ndarray:
         """An image file of any size and colour mode as uint8 (H, W, C) of the training shape."""
@@ -149,30 +161,37 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def write_dataset_info(
-    workdir: str, class_names: Sequence[str], image_shape: Sequence[int], mean, std, dataset: str
+    workdir: str,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    dataset: str,
+    preprocess: str,
+    preprocess_params: dict[str, np.ndarray],
 ) -> None:
-    """Saves ``dataset.json`` (process 0 only)."""
+    """Saves ``dataset.json`` and ``preprocess.npz`` (process 0 only)."""
     if jax.process_index() != 0:
         return
     payload = {
         "dataset": dataset,
         "class_names": list(class_names),
         "image_shape": [int(d) for d in image_shape],
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
+        "preprocess": preprocess,
     }
     with open(os.path.join(workdir, "dataset.json"), "w") as f:
         json.dump(payload, f, indent=2)
+    np.savez(os.path.join(workdir, PREPROCESS_FILE), **preprocess_params)
 
 
 def load_dataset_info(workdir: str) -> DatasetInfo:
     raw = _read_json(os.path.join(workdir, "dataset.json"), "written when training starts")
+    with np.load(os.path.join(workdir, PREPROCESS_FILE)) as stats:
+        params = {key: stats[key] for key in stats.files}
     return DatasetInfo(
         dataset=raw["dataset"],
         class_names=tuple(raw["class_names"]),
         image_shape=tuple(raw["image_shape"]),
-        mean=np.asarray(raw["mean"], np.float32),
-        std=np.asarray(raw["std"], np.float32),
+        preprocess=raw["preprocess"],
+        preprocess_params=params,
     )
 
 

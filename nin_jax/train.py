@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline, preemption, reporting, restore
+from nin_jax import input_pipeline, preemption, preprocessing, reporting, restore, splits
 from nin_jax.models import NIN
 
 Metrics = dict[str, float]
@@ -50,6 +50,18 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> NIN:
         raise ValueError(f"config.dtype must be one of {sorted(dtypes)}, got {config.dtype!r}")
     model_config = config.model.to_dict()
     return NIN(num_classes=num_classes, dtype=dtypes[config.dtype], **model_config)
+
+
+def create_preprocess(
+    config: ml_collections.ConfigDict, builder, train_split: input_pipeline.Split
+) -> tuple[preprocessing.Preprocess, dict[str, np.ndarray]]:
+    """``config.preprocess`` fitted on the training examples (ZCA cached next to the data),
+    and its fitted statistics."""
+    split_name = config.train_split + ("-validation" if config.validation else "")
+    root = config.data_dir or builder.data_dir_root
+    stats_file = preprocessing.stats_path(root, config.dataset, split_name)
+    params = preprocessing.fit(config.preprocess, train_split, stats_file)
+    return preprocessing.from_params(config.preprocess, params), params
 
 
 def create_learning_rate_fn(
@@ -85,6 +97,28 @@ def _kernels_only(params):
     )
 
 
+def authors_lr_multipliers(params):
+    """The authors' per-layer rates: biases 2x, the class layer (last block's cccp2) 0.1x."""
+    last_block = f"mlpconv{sum(name.startswith('mlpconv') for name in params)}"
+
+    def multiplier(path, _) -> float:
+        keys = [getattr(p, "key", None) for p in path]
+        scale = 2.0 if keys[-1] == "bias" else 1.0
+        return scale * 0.1 if keys[:2] == [last_block, "cccp2"] else scale
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_updates(multipliers_fn: Callable) -> optax.GradientTransformation:
+    """Multiplies each update by a per-parameter constant: with SGD, a per-layer learning rate."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(jnp.multiply, updates, multipliers_fn(updates)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
@@ -92,6 +126,7 @@ def create_optimizer(
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),
         optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=config.nesterov),
+        scale_updates(authors_lr_multipliers) if config.lr_multipliers else optax.identity(),
     )
 
 
@@ -291,15 +326,12 @@ def train_and_evaluate(
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
-    train_split = input_pipeline.load_split(
-        builder, config.train_split, drop_remainder=True, per_process=False
-    )
-    eval_split = input_pipeline.load_split(builder, config.eval_split, drop_remainder=False)
+    train_split, eval_split = splits.load_train_and_eval(config, builder)
     eval_total = total_over_processes(len(eval_split))
-    mean, std = input_pipeline.channel_stats(train_split.images)
+    preprocess, preprocess_params = create_preprocess(config, builder, train_split)
     restore.write_dataset_info(
-        workdir, builder.info.features["label"].names, train_split.images.shape[1:], mean, std,
-        config.dataset,
+        workdir, builder.info.features["label"].names, train_split.images.shape[1:],
+        config.dataset, config.preprocess, preprocess_params,
     )  # fmt: skip
 
     steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
@@ -342,14 +374,14 @@ def train_and_evaluate(
 
     def eval_now() -> Metrics:
         batches = input_pipeline.eval_batches(
-            eval_split, global_batch_size=config.batch_size, mean=mean, std=std,
+            eval_split, global_batch_size=config.batch_size, preprocess=preprocess,
             num_batches=num_eval_batches,
         )  # fmt: skip
         return evaluate(jit_eval, state, batches, mesh)
 
     batches = input_pipeline.train_batches(
-        train_split, global_batch_size=config.batch_size, mean=mean, std=std,
-        seed=config.seed, start_step=start_step,
+        train_split, global_batch_size=config.batch_size, preprocess=preprocess,
+        seed=config.seed, start_step=start_step, augment=config.augment,
     )  # fmt: skip
     reporter = reporting.Reporter(
         workdir, total_steps=total_steps, steps_per_epoch=steps_per_epoch,

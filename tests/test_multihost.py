@@ -11,12 +11,17 @@ import signal
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 import workers
 from conftest import run_cli
 
 from nin_jax import input_pipeline
 
 STEPS = 6
+
+
+def to_float(images):
+    return tf.cast(images, tf.float32)
 
 
 def assert_params_close(actual: dict, expected: dict, atol: float = 1e-5) -> None:
@@ -125,7 +130,7 @@ def local_train_batches(split, monkeypatch, process: int, processes: int, start_
     monkeypatch.setattr(jax, "process_index", lambda: process)
     monkeypatch.setattr(jax, "process_count", lambda: processes)
     batches = input_pipeline.train_batches(
-        split, global_batch_size=8, mean=np.zeros(1), std=np.ones(1), seed=3,
+        split, global_batch_size=8, preprocess=to_float, seed=3,
         start_step=start_step,
     )  # fmt: skip
     return [next(batches)["label"] for _ in range(4)]

@@ -9,10 +9,15 @@ import jax
 import numpy as np
 import optax
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import REPO_ROOT, load_config
 
 from nin_jax import input_pipeline, train
+
+
+def to_float(images):
+    return tf.cast(images, tf.float32)
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -99,9 +104,7 @@ def test_eval_batches_cover_every_example_once():
         images=np.zeros((37, 4, 4, 1), np.uint8), labels=np.arange(37, dtype=np.int32)
     )
     batches = list(
-        input_pipeline.eval_batches(
-            split, global_batch_size=8, mean=np.zeros(1), std=np.ones(1), num_batches=5
-        )
+        input_pipeline.eval_batches(split, global_batch_size=8, preprocess=to_float, num_batches=5)
     )
     assert [len(b["label"]) for b in batches] == [8] * 5
     seen = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
@@ -113,7 +116,7 @@ def test_train_batches_are_a_function_of_seed_and_step():
         images=np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1),
         labels=np.arange(40, dtype=np.int32),
     )
-    kwargs = dict(global_batch_size=8, mean=np.zeros(1), std=np.ones(1), seed=3)
+    kwargs = dict(global_batch_size=8, preprocess=to_float, seed=3)
     stream = input_pipeline.train_batches(split, **kwargs)
     first = [next(stream)["label"] for _ in range(12)]  # 5 steps per epoch: crosses epochs.
     later = input_pipeline.train_batches(split, start_step=7, **kwargs)

@@ -1,0 +1,120 @@
+"""Per-process splits, exact evaluation coverage and validation splits, on the embedded digits."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import load_config
+
+from nin_jax import input_pipeline, preprocessing, splits
+
+
+def rows(split):
+    """Examples as sortable byte strings (image + label) for multiset comparisons."""
+    flat = np.concatenate([split.images.reshape(len(split), -1), split.labels[:, None]], axis=1)
+    return sorted(bytes(r) for r in flat.astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def digits(digits_data_dir):
+    return input_pipeline.get_builder("digits", digits_data_dir)
+
+
+@pytest.mark.parametrize("split", ["train", "train+test"])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_two_processes_read_disjoint_parts_that_cover_the_split(digits, split, drop_remainder):
+    whole = input_pipeline.load_split(digits, split, drop_remainder=False)
+    parts = [
+        input_pipeline.load_split(
+            digits, split, drop_remainder=drop_remainder, process_index=i, process_count=2
+        )
+        for i in range(2)
+    ]
+    sizes = [len(p) for p in parts]
+    if drop_remainder:  # Equal parts (same number of steps on every process).
+        assert sizes[0] == sizes[1] and len(whole) - sum(sizes) < 2 * len(split.split("+"))
+    else:
+        assert sum(sizes) == len(whole) and abs(sizes[0] - sizes[1]) <= len(split.split("+"))
+    # No example twice (as a multiset, since digits has duplicate images), none missing
+    # beyond the dropped remainder.
+    together, every = Counter(rows(parts[0]) + rows(parts[1])), Counter(rows(whole))
+    assert not together - every
+    assert sum((every - together).values()) == len(whole) - sum(sizes)
+
+
+def test_eval_batches_cover_1001_examples_once_on_one_and_two_processes(digits, monkeypatch):
+    whole = input_pipeline.load_split(digits, "train[:1001]", drop_remainder=False)
+    assert len(whole) == 1001
+    identity = preprocessing.create_preprocess("standardize", whole)
+
+    def unmasked(split, num_batches):
+        batches = list(
+            input_pipeline.eval_batches(
+                split, global_batch_size=128, preprocess=identity, num_batches=num_batches
+            )
+        )
+        mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
+        return len(batches), np.concatenate([b["label"] for b in batches])[mask], mask.sum()
+
+    count, labels, real = unmasked(whole, input_pipeline.num_eval_batches(1001, 128))
+    assert (count, real) == (8, 1001)  # 7 full batches + 1 with 105 real examples.
+    np.testing.assert_array_equal(labels, whole.labels)
+
+    monkeypatch.setattr(input_pipeline.jax, "process_count", lambda: 2)
+    num_batches = input_pipeline.num_eval_batches(1001, 128)
+    results = [
+        unmasked(
+            input_pipeline.load_split(
+                digits, "train[:1001]", drop_remainder=False, process_index=i, process_count=2
+            ),
+            num_batches,
+        )
+        for i in range(2)
+    ]
+    assert [r[0] for r in results] == [8, 8]  # Both processes run the same number of steps.
+    assert [r[2] for r in results] == [501, 500]
+    np.testing.assert_array_equal(np.concatenate([r[1] for r in results]), whole.labels)
+
+
+def test_per_class_validation_takes_the_first_n_of_each_class(digits):
+    train_part, validation = splits.per_class_validation(digits, {"train": 5, "test": 3})
+    full_train = input_pipeline.load_split(digits, "train", drop_remainder=False)
+    full_test = input_pipeline.load_split(digits, "test", drop_remainder=False)
+
+    assert np.bincount(validation.labels, minlength=10).tolist() == [8] * 10
+    expected = []
+    for full, n in ((full_train, 5), (full_test, 3)):
+        chosen = np.sort(np.concatenate([np.nonzero(full.labels == c)[0][:n] for c in range(10)]))
+        expected.append(input_pipeline.Split(full.images[chosen], full.labels[chosen]))
+    np.testing.assert_array_equal(validation.images, np.concatenate([e.images for e in expected]))
+    # Validation and training together are exactly train + test, nothing twice.
+    assert len(train_part) + len(validation) == len(full_train) + len(full_test)
+    together = input_pipeline.Split(
+        np.concatenate([train_part.images, validation.images]),
+        np.concatenate([train_part.labels, validation.labels]),
+    )
+    everything = input_pipeline.Split(
+        np.concatenate([full_train.images, full_test.images]),
+        np.concatenate([full_train.labels, full_test.labels]),
+    )
+    assert rows(together) == rows(everything)
+
+
+def test_sliced_validation_and_unsupported_datasets(digits):
+    assert splits.SLICED_VALIDATION["cifar10"] == ("train[:40000]", "train[40000:]")
+    config = load_config("digits", validation=True)
+    with pytest.raises(input_pipeline.DatasetError, match="no validation split defined"):
+        splits.load_train_and_eval(config, digits)
+
+
+def test_svhn_validation_under_mock_data(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(splits, "SVHN_VALIDATION_PER_CLASS", {"train": 2, "extra": 1})
+    config = load_config("svhn", validation=True, data_dir=str(tmp_path))
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=80):
+        builder = input_pipeline.get_builder("svhn_cropped", str(tmp_path))
+        train_part, validation = splits.load_train_and_eval(config, builder)
+    assert np.bincount(validation.labels, minlength=10).tolist() == [3] * 10
+    assert validation.images.shape == (30, 32, 32, 3)
+    assert len(train_part) > 80  # The tails of train and extra plus the heads' other examples.
