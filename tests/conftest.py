@@ -4,10 +4,17 @@ import importlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # No metadata-server probes from TF's GCS client: tests stay on loopback.
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# Tests compile the same tiny programs many times, in this process and in subprocesses
+# (which inherit the environment): share them through JAX's persistent cache.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "nin_jax_test_compile_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILE_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 

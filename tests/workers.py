@@ -60,6 +60,8 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
         env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    else:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = open(log_path, "w")
     return subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "tests" / "train_worker.py"), *args],
