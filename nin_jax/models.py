@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from nin_jax import cpu_ops
+
 Dtype = Any
 
 # Widths of each mlpconv block (k x k conv, cccp1, cccp2) and its kernel size.
@@ -43,37 +45,11 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return conv_impl
 
 
-def _im2col(x: jax.Array, kernel_size: int) -> jax.Array:
-    """(N, H, W, C) -> (N, H, W, k*k*C) patches, 'same' zero padding, (dy, dx, c) order."""
-    pad = kernel_size // 2
-    height, width = x.shape[1], x.shape[2]
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    patches = [
-        padded[:, dy : dy + height, dx : dx + width, :]
-        for dy in range(kernel_size)
-        for dx in range(kernel_size)
-    ]
-    return jnp.concatenate(patches, axis=-1)
-
-
 def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
     """3x3 max pooling, stride 2, padding 1 (padded cells never win), as PyTorch's MaxPool2d."""
     if impl == "xla":
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    height, width = x.shape[1], x.shape[2]
-    out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
-    neg_inf = jnp.array(-jnp.inf, x.dtype)
-    padded = jnp.pad(
-        x,
-        ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width), (0, 0)),
-        constant_values=neg_inf,
-    )
-    result = None
-    for dy in range(3):
-        for dx in range(3):
-            window = padded[:, dy : dy + 2 * out_h : 2, dx : dx + 2 * out_w : 2, :]
-            result = window if result is None else jnp.maximum(result, window)
-    return result
+    return cpu_ops.max_pool_3x3_s2(x)
 
 
 class Conv2D(nn.Module):
@@ -102,8 +78,11 @@ class Conv2D(nn.Module):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         else:
-            patches = x if k == 1 else _im2col(x, k)
-            y = patches @ kernel.reshape(k * k * in_features, self.features)
+            y = (
+                x @ kernel.reshape(in_features, self.features)
+                if k == 1
+                else cpu_ops.conv_kxk(x, kernel)
+            )
         return y + bias
 
 
