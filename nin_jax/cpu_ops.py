@@ -28,27 +28,6 @@ def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
     return jnp.concatenate(patches, axis=-1)
 
 
-def col2im(patches: jax.Array, kernel_size: int) -> jax.Array:
-    """The transpose of ``im2col``: sums each patch entry back onto its input pixel.
-
-    One elementwise sum of k*k slices of the padded patches, which XLA emits as
-    a single loop.
-    """
-    n, height, width, depth = patches.shape
-    k, pad = kernel_size, kernel_size // 2
-    channels = depth // (k * k)
-    padded = jnp.pad(patches, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    padded = padded.reshape(n, height + 2 * pad, width + 2 * pad, k, k, channels)
-    total = None
-    for dy in range(k):
-        for dx in range(k):
-            # Input pixel h receives output pixel h + pad - dy's patch entry dy.
-            y0, x0 = 2 * pad - dy, 2 * pad - dx
-            term = padded[:, y0 : y0 + height, x0 : x0 + width, dy, dx, :]
-            total = term if total is None else total + term
-    return total
-
-
 def _native_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     pad = kernel.shape[0] // 2
     return jax.lax.conv_general_dilated(
