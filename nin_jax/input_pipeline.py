@@ -11,6 +11,7 @@ and its padding has ``mask == 0``.
 """
 
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import jax
@@ -188,4 +189,8 @@ def num_eval_batches(total_examples: int, global_batch_size: int) -> int:
 def _as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:
     options = tf.data.Options()
     options.deterministic = True
+    # Host cores belong to XLA first: a small private pool keeps tf.data from
+    # competing with the train step (a few threads still outrun it tenfold).
+    options.threading.private_threadpool_size = max(1, min(4, (os.cpu_count() or 2) // 2))
+    options.threading.max_intra_op_parallelism = 1
     return iter(tfds.as_numpy(ds.with_options(options)))

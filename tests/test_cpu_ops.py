@@ -61,3 +61,13 @@ def test_conv_kxk_value_and_gradients_equal_native_convolution(shape, kernel_siz
     np.testing.assert_allclose(got, want, atol=1e-5)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         np.testing.assert_allclose(got_grad, want_grad, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [3, 20])  # im2col and shifted-matmul branches.
+def test_kernel_gradient_equals_native_convolution_gradient(channels):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, channels))
+    grad = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
+    kernel = jnp.zeros((5, 5, channels, 4))
+    (want,) = jax.vjp(lambda k: _native_conv(x, k), kernel)[1](grad)
+    got = cpu_ops.kernel_gradient(x, grad, 5)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
