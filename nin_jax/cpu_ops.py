@@ -1,14 +1,13 @@
-"""Convolution and max pooling for XLA:CPU, as matmuls and slices with hand-written gradients.
+"""Convolution and max pooling for XLA:CPU with hand-written gradients.
 
-XLA:CPU runs matmuls near the machine's peak but its native convolutions, their
-gradients and the select-and-scatter gradient of max pooling several times
-slower. These ops compute the same functions (and the same gradients: max
-pooling sends each gradient to the first maximum of its window, like
-select-and-scatter) from matmuls, slices and elementwise code only.
-
-Their gradients are written by hand because autodiff of the slice-based forward
-passes makes XLA materialise one padded copy of the input per window offset
-(25 for a 5x5 convolution, 9 for a 3x3 pool) before summing them.
+XLA:CPU runs matmuls and forward k x k convolutions near the machine's peak, but
+the kernel gradient of its convolutions and the select-and-scatter gradient of
+max pooling several times slower, and autodiff of slice-based replacements
+makes it materialise one padded copy of the input per window offset (25 for a
+5x5 convolution, 9 for a 3x3 pool) before summing them. These ops compute the
+same functions with the same gradients (max pooling sends each gradient to the
+first maximum of its window, like select-and-scatter) from native forward
+convolutions, matmuls, slices and elementwise code.
 """
 
 import jax

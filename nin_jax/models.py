@@ -10,9 +10,9 @@ Convolutions have two implementations with one parameter tree
 * ``'xla'``: ``lax.conv_general_dilated`` and ``reduce_window`` max pooling,
   the right choice on GPU and TPU;
 * ``'matmul'``: 1 x 1 convolutions as matmuls over the channel axis, k x k
-  convolutions as explicit im2col + one matmul, and max pooling as a maximum of
-  strided slices. XLA:CPU runs these several times faster than its native
-  convolutions and select-and-scatter pooling gradients.
+  convolutions with their kernel gradient as matmuls, and max pooling with an
+  argmax-mask gradient (``nin_jax.cpu_ops``). XLA:CPU runs these several times
+  faster than its native convolution gradients and select-and-scatter.
 
 ``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
