@@ -14,6 +14,7 @@ every example exactly once; the last batch is padded and its padding has
 """
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 
 import jax
@@ -242,4 +243,8 @@ def num_eval_batches(total_examples: int, global_batch_size: int) -> int:
 def _as_numpy(ds: tf.data.Dataset) -> Iterator[Batch]:
     options = tf.data.Options()
     options.deterministic = True
+    # Host cores belong to XLA first: a small private pool keeps tf.data from
+    # competing with the train step (a few threads still outrun it tenfold).
+    options.threading.private_threadpool_size = max(1, min(4, (os.cpu_count() or 2) // 2))
+    options.threading.max_intra_op_parallelism = 1
     return iter(tfds.as_numpy(ds.with_options(options)))

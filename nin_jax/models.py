@@ -10,9 +10,9 @@ Convolutions have two implementations with one parameter tree
 * ``'xla'``: ``lax.conv_general_dilated`` and ``reduce_window`` max pooling,
   the right choice on GPU and TPU;
 * ``'matmul'``: 1 x 1 convolutions as matmuls over the channel axis, k x k
-  convolutions as explicit im2col + one matmul, and max pooling as a maximum of
-  strided slices. XLA:CPU runs these several times faster than its native
-  convolutions and select-and-scatter pooling gradients.
+  convolutions with their kernel gradient as matmuls, and max pooling with an
+  argmax-mask gradient (``nin_jax.cpu_ops``). XLA:CPU runs these several times
+  faster than its native convolution gradients and select-and-scatter.
 
 ``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from nin_jax import cpu_ops
 
 Dtype = Any
 
@@ -51,37 +53,11 @@ def resolve_conv_impl(conv_impl: str) -> str:
     return conv_impl
 
 
-def _im2col(x: jax.Array, kernel_size: int) -> jax.Array:
-    """(N, H, W, C) -> (N, H, W, k*k*C) patches, 'same' zero padding, (dy, dx, c) order."""
-    pad = kernel_size // 2
-    height, width = x.shape[1], x.shape[2]
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    patches = [
-        padded[:, dy : dy + height, dx : dx + width, :]
-        for dy in range(kernel_size)
-        for dx in range(kernel_size)
-    ]
-    return jnp.concatenate(patches, axis=-1)
-
-
 def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
     """3x3 max pooling, stride 2, padding 1 (padded cells never win), as PyTorch's MaxPool2d."""
     if impl == "xla":
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    height, width = x.shape[1], x.shape[2]
-    out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
-    neg_inf = jnp.array(-jnp.inf, x.dtype)
-    padded = jnp.pad(
-        x,
-        ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width), (0, 0)),
-        constant_values=neg_inf,
-    )
-    result = None
-    for dy in range(3):
-        for dx in range(3):
-            window = padded[:, dy : dy + 2 * out_h : 2, dx : dx + 2 * out_w : 2, :]
-            result = window if result is None else jnp.maximum(result, window)
-    return result
+    return cpu_ops.max_pool_3x3_s2(x)
 
 
 class Conv2D(nn.Module):
@@ -110,8 +86,11 @@ class Conv2D(nn.Module):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         else:
-            patches = x if k == 1 else _im2col(x, k)
-            y = patches @ kernel.reshape(k * k * in_features, self.features)
+            y = (
+                x @ kernel.reshape(in_features, self.features)
+                if k == 1
+                else cpu_ops.conv_kxk(x, kernel)
+            )
         return y + bias
 
 

@@ -1,0 +1,73 @@
+"""The CPU ops' hand-written gradients equal autodiff of XLA's native ops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from nin_jax import cpu_ops
+
+SHAPES = [(2, 8, 8, 3), (2, 7, 9, 4), (1, 5, 5, 2), (3, 4, 6, 1)]
+
+
+def _native_pool(x):
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _native_conv(x, kernel):
+    pad = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _value_and_vjp(fn, args, cotangent_seed=1):
+    out, vjp = jax.vjp(fn, *args)
+    cotangent = jax.random.normal(jax.random.key(cotangent_seed), out.shape, out.dtype)
+    return out, vjp(cotangent)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_max_pool_value_and_gradient_equal_select_and_scatter(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    # ReLU-like input: many windows tie at 0, where the gradient must go to the
+    # first maximum of the window, as XLA's select-and-scatter sends it.
+    for inputs in (x, jnp.maximum(x, 0.0)):
+        want, (want_grad,) = _value_and_vjp(_native_pool, (inputs,))
+        got, (got_grad,) = _value_and_vjp(cpu_ops.max_pool_3x3_s2, (inputs,))
+        assert got.shape == ((shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, shape[3]))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got_grad, want_grad, atol=1e-6)
+
+
+def test_max_pool_gradient_sums_over_overlapping_windows():
+    # Odd rows and columns lie in two windows each: the peak at (3, 3) wins four
+    # windows and receives the sum of their gradients.
+    x = jnp.zeros((1, 6, 6, 1)).at[0, 3, 3, 0].set(5.0)
+    weights = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    grad = jax.grad(lambda x: jnp.sum(cpu_ops.max_pool_3x3_s2(x) * weights))(x)
+    assert float(grad[0, 3, 3, 0]) == 4.0 + 5.0 + 7.0 + 8.0
+    assert float(grad.sum()) == float(weights.sum())  # Every window sends its gradient once.
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("shape", SHAPES[1:3])
+def test_conv_kxk_value_and_gradients_equal_native_convolution(shape, kernel_size):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[-1], 6))
+    want, want_grads = _value_and_vjp(_native_conv, (x, kernel))
+    got, got_grads = _value_and_vjp(cpu_ops.conv_kxk, (x, kernel))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(got_grad, want_grad, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [3, 20])  # im2col and shifted-matmul branches.
+def test_kernel_gradient_equals_native_convolution_gradient(channels):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, channels))
+    grad = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
+    kernel = jnp.zeros((5, 5, channels, 4))
+    (want,) = jax.vjp(lambda k: _native_conv(x, k), kernel)[1](grad)
+    got = cpu_ops.kernel_gradient(x, grad, 5)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
