@@ -31,6 +31,21 @@ def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
     return jnp.concatenate(patches, axis=-1)
 
 
+# Below this many output pixels per image (8 x 8), XLA:CPU's native convolutions
+# are slow on wide inputs and plain im2col + one matmul (differentiated by JAX) is
+# faster: measured 0.017 s vs 0.12 s for the 96 -> 192 5x5 layer at 4x4 (digits),
+# while from 8x8 up ``conv_kxk`` is faster (0.16 s vs 0.21 s for CIFAR's 3x3 layer).
+_NATIVE_CONV_MIN_PIXELS = 64
+
+
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'same' stride-1 k x k convolution, the faster of the two CPU forms for ``x``'s size."""
+    if x.shape[1] * x.shape[2] >= _NATIVE_CONV_MIN_PIXELS:
+        return conv_kxk(x, kernel)
+    k, _, in_features, out_features = kernel.shape
+    return im2col(x, k) @ kernel.reshape(k * k * in_features, out_features)
+
+
 def _native_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     pad = kernel.shape[0] // 2
     return jax.lax.conv_general_dilated(

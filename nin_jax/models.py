@@ -89,7 +89,7 @@ class Conv2D(nn.Module):
             y = (
                 x @ kernel.reshape(in_features, self.features)
                 if k == 1
-                else cpu_ops.conv_kxk(x, kernel)
+                else cpu_ops.conv_same(x, kernel)
             )
         return y + bias
 

@@ -107,8 +107,11 @@ def test_matches_the_seeds_pytorch_network():
         assert np.abs(np.asarray(logits) - expected).max() < 1e-4
 
 
-def test_cpu_and_native_paths_agree_on_logits_and_gradients():
-    x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+# 32x32 runs the CPU path's native-convolution form in every block; 8x8 (digits) its
+# im2col form in the later blocks (cpu_ops.conv_same picks by size).
+@pytest.mark.parametrize("shape", [(4, 32, 32, 3), (4, 8, 8, 1)])
+def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
+    x = jax.random.normal(jax.random.key(3), shape)
     labels = jnp.arange(4) % 10
     variables = NIN(conv_impl="xla").init(jax.random.key(0), x)
 
