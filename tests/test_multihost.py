@@ -44,24 +44,10 @@ def reference(tmp_path_factory, digits_data_dir):
 
 
 def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
-    port = workers.free_port()
     args = workers.train_args(
         tmp_path, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
     )
-    processes = [
-        workers.start(
-            [
-                *args,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            devices=2,
-            log_path=tmp_path / f"log_{i}.txt",
-            cache=False,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    processes = workers.start_processes(args, 2, tmp_path)
     codes = workers.wait_all(processes, timeout=600)
     logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
@@ -78,25 +64,11 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
 
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data_dir):
     """The preemption sync manager spreads the notice: every process saves one step and exits."""
-    port = workers.free_port()
     args = workers.train_args(
         tmp_path, digits_data_dir, num_train_steps=400, checkpoint_every_steps=20,
         log_every_steps=100, eval_every_steps=10_000,
     )  # fmt: skip
-    processes = [
-        workers.start(
-            [
-                *args,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            devices=2,
-            log_path=tmp_path / f"log_{i}.txt",
-            cache=False,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    processes = workers.start_processes(args, 2, tmp_path)
     try:
         workers.wait_for(lambda: (tmp_path / "checkpoints" / "20").is_dir(), processes[0], 600)
     except BaseException:

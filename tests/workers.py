@@ -73,6 +73,28 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
     )
 
 
+def start_processes(args: list[str], count: int, log_dir) -> list[subprocess.Popen]:
+    """One multi-process run: ``count`` processes x 2 CPU devices, coordinated on 127.0.0.1.
+
+    Logs go to ``log_dir/log_{i}.txt``; no compilation cache (see ``start``).
+    """
+    port = free_port()
+    return [
+        start(
+            [
+                *args,
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={count}",
+                f"--process_id={i}",
+            ],
+            devices=2,
+            log_path=log_dir / f"log_{i}.txt",
+            cache=False,
+        )
+        for i in range(count)
+    ]
+
+
 def kill(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
