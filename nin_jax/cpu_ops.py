@@ -10,12 +10,10 @@ first maximum of its window, like select-and-scatter) from native forward
 convolutions, matmuls, slices and elementwise code.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
-
-# Below this many input channels, the per-offset matmuls of ``kernel_gradient``
-# are too thin to run fast and one im2col matmul is cheaper (3 vs 96 channels: measured).
-_SHIFTED_MATMUL_MIN_CHANNELS = 16
 
 
 def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
@@ -31,19 +29,57 @@ def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
     return jnp.concatenate(patches, axis=-1)
 
 
+# The kernel gradient of a 1x1 convolution contracts over every pixel of the
+# batch. XLA:CPU runs that contraction over (N, H, W) at 43-73 GFLOP/s for NIN's
+# layers, but as a batch of 8 matmuls over row blocks, summed, at 132-145
+# (batch 128: 139 -> 55 ms for the 192 -> 160 layer at 32x32, measured).
+_GRAM_ROW_BLOCKS = 8
+
+
+def channel_gram(x: jax.Array, grad: jax.Array) -> jax.Array:
+    """``x.T @ grad`` over all leading axes, (..., C) x (..., O) -> (C, O), in row blocks."""
+    x, grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    blocks = math.gcd(x.shape[0], _GRAM_ROW_BLOCKS)
+    x = x.reshape(blocks, -1, x.shape[-1])
+    grad = grad.reshape(blocks, -1, grad.shape[-1])
+    return jnp.einsum("bmc,bmo->bco", x, grad).sum(axis=0)
+
+
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 convolution of NHWC ``x`` with a (C, O) kernel: a matmul over the channel axis."""
+    return x @ kernel
+
+
+def _pointwise_conv_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _pointwise_conv_bwd(residuals, grad):
+    x, kernel = residuals
+    return grad @ kernel.T, channel_gram(x, grad).astype(kernel.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
+
+
 # Below this many output pixels per image (8 x 8), XLA:CPU's native convolutions
-# are slow on wide inputs and plain im2col + one matmul (differentiated by JAX) is
-# faster: measured 0.017 s vs 0.12 s for the 96 -> 192 5x5 layer at 4x4 (digits),
-# while from 8x8 up ``conv_kxk`` is faster (0.16 s vs 0.21 s for CIFAR's 3x3 layer).
+# are slow on wide inputs and im2col + one matmul is faster: measured 0.017 s vs
+# 0.12 s for the 96 -> 192 5x5 layer at 4x4 (digits), while from 8x8 up
+# ``conv_kxk`` is faster (0.16 s vs 0.21 s for CIFAR's 3x3 layer). Below this many
+# input channels (the RGB layer) the native forward convolution is slow too (35
+# GFLOP/s) and so are per-offset kernel-gradient matmuls: im2col wins there as well.
 _NATIVE_CONV_MIN_PIXELS = 64
+_NATIVE_CONV_MIN_CHANNELS = 16
 
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """'same' stride-1 k x k convolution, the faster of the two CPU forms for ``x``'s size."""
-    if x.shape[1] * x.shape[2] >= _NATIVE_CONV_MIN_PIXELS:
-        return conv_kxk(x, kernel)
+    """'same' stride-1 k x k convolution, the faster of the two CPU forms for ``x``'s shape."""
     k, _, in_features, out_features = kernel.shape
-    return im2col(x, k) @ kernel.reshape(k * k * in_features, out_features)
+    wide = in_features >= _NATIVE_CONV_MIN_CHANNELS
+    if wide and x.shape[1] * x.shape[2] >= _NATIVE_CONV_MIN_PIXELS:
+        return conv_kxk(x, kernel)
+    return pointwise_conv(im2col(x, k), kernel.reshape(k * k * in_features, out_features))
 
 
 def _native_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -79,16 +115,12 @@ def _conv_kxk_bwd(residuals, grad):
 def kernel_gradient(x: jax.Array, grad: jax.Array, kernel_size: int) -> jax.Array:
     """d(loss)/d(kernel) of a 'same' convolution, HWIO, as matmuls over the N*H*W pixels.
 
-    Narrow inputs (the RGB layer) use one im2col matmul; wider ones one matmul
-    per kernel offset on a shifted view of the input, which avoids writing and
-    reading the k*k times larger patch matrix (25% less CPU time for NIN's
-    96-channel 5x5 layer, measured).
+    One matmul per kernel offset on a shifted view of the input, which avoids
+    writing and reading the k*k times larger im2col patch matrix (25% less CPU
+    time for NIN's 96-channel 5x5 layer, measured).
     """
     n, height, width, channels = x.shape
     grad = grad.reshape(n * height * width, -1)
-    if channels < _SHIFTED_MATMUL_MIN_CHANNELS:
-        patches = im2col(x, kernel_size).reshape(n * height * width, -1)
-        return (patches.T @ grad).reshape(kernel_size, kernel_size, channels, -1)
     pad = kernel_size // 2
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     offsets = [

@@ -87,7 +87,7 @@ class Conv2D(nn.Module):
             )
         else:
             y = (
-                x @ kernel.reshape(in_features, self.features)
+                cpu_ops.pointwise_conv(x, kernel.reshape(in_features, self.features))
                 if k == 1
                 else cpu_ops.conv_same(x, kernel)
             )

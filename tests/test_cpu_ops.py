@@ -63,7 +63,7 @@ def test_conv_kxk_value_and_gradients_equal_native_convolution(shape, kernel_siz
         np.testing.assert_allclose(got_grad, want_grad, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("channels", [3, 20])  # im2col and shifted-matmul branches.
+@pytest.mark.parametrize("channels", [3, 20])
 def test_kernel_gradient_equals_native_convolution_gradient(channels):
     x = jax.random.normal(jax.random.key(0), (2, 6, 5, channels))
     grad = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
@@ -71,3 +71,26 @@ def test_kernel_gradient_equals_native_convolution_gradient(channels):
     (want,) = jax.vjp(lambda k: _native_conv(x, k), kernel)[1](grad)
     got = cpu_ops.kernel_gradient(x, grad, 5)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (3, 7, 1, 6)])  # 30 and 21 rows: 2 and 1 blocks.
+def test_pointwise_conv_value_and_gradients_equal_a_1x1_convolution(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (shape[-1], 4))
+    want, want_grads = _value_and_vjp(_native_conv, (x, kernel.reshape(1, 1, *kernel.shape)))
+    got, (got_dx, got_dkernel) = _value_and_vjp(cpu_ops.pointwise_conv, (x, kernel))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got_dx, want_grads[0], atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(got_dkernel, want_grads[1][0, 0], atol=1e-4, rtol=1e-5)
+
+
+# Native-convolution and im2col branches: wide and large, narrow (RGB), wide and small.
+@pytest.mark.parametrize("shape", [(2, 8, 9, 16), (2, 8, 8, 3), (2, 4, 5, 16)])
+def test_conv_same_value_and_gradients_equal_native_convolution(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, shape[-1], 6))
+    want, want_grads = _value_and_vjp(_native_conv, (x, kernel))
+    got, got_grads = _value_and_vjp(cpu_ops.conv_same, (x, kernel))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-5)
