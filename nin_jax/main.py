@@ -12,11 +12,11 @@ Exit codes: 0 done, 2 bad input, 143 stopped on SIGTERM after saving a checkpoin
 import logging as std_logging
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nin_jax import input_pipeline, preemption, train
+# JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
+# command line has been checked, so that a mistake in it is reported at once.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -40,9 +40,6 @@ flags.DEFINE_list(
     "Devices this process uses (e.g. one GPU per process: --local_device_ids=0).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-# Errors a user can fix from the command line: reported as one line, exit code 2.
-USER_ERRORS = (input_pipeline.DatasetError, train.TrainingError, ValueError)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -70,8 +67,8 @@ def fail_config_file(error: OSError) -> None:
     fail(f"cannot load the config file: {reason}")
 
 
-def initialize_distributed() -> None:
-    """Joins the JAX distributed runtime if asked to; must come before any other JAX call."""
+def distributed_arguments() -> dict | None:
+    """``jax.distributed.initialize``'s arguments from the flags; ``None``: a single process."""
     explicit = {
         "coordinator_address": FLAGS.coordinator_address,
         "num_processes": FLAGS.num_processes,
@@ -80,14 +77,21 @@ def initialize_distributed() -> None:
     }
     given = {k: v for k, v in explicit.items() if v is not None}
     if not FLAGS.distributed and not given:
-        return
+        return None
     if given and FLAGS.coordinator_address is None and not FLAGS.distributed:
         fail(f"--{next(iter(given))} needs --coordinator_address (or use --distributed alone)")
     if FLAGS.process_id is not None and FLAGS.num_processes is not None:
         if FLAGS.process_id >= FLAGS.num_processes:
             fail(f"--process_id={FLAGS.process_id} must be below --num_processes")
+    return given
+
+
+def initialize_distributed(arguments: dict) -> None:
+    """Joins the JAX distributed runtime; must come before any other JAX call."""
+    import jax
+
     try:
-        jax.distributed.initialize(**given)
+        jax.distributed.initialize(**arguments)
     except (ValueError, RuntimeError) as e:
         fail(f"cannot start the JAX distributed runtime: {e}")
     if jax.process_index() != 0:  # One log for the whole run: process 0's.
@@ -104,16 +108,25 @@ def quiet_library_logs() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    initialize_distributed()
-    quiet_library_logs()
+    distributed = distributed_arguments()
     try:
         config = FLAGS.config
         config.to_dict()  # ml_collections defers config-file load errors to first use.
     except OSError as e:
         fail_config_file(e)
+    if distributed is not None:
+        initialize_distributed(distributed)
+    quiet_library_logs()
+
+    import jax
+
+    from nin_jax import input_pipeline, preemption, train
+
+    # Errors a user can fix from the command line: reported as one line, exit code 2.
+    user_errors = (input_pipeline.DatasetError, train.TrainingError, ValueError)
     try:
         _, results = train.train_and_evaluate(config, FLAGS.workdir)
-    except USER_ERRORS as e:
+    except user_errors as e:
         logging.flush()
         fail(str(e))
     except preemption.Preempted as e:

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configs, a prepared digits data dir, and a CLI runner."""
 
+import functools
 import importlib
 import os
 import subprocess
@@ -40,6 +41,19 @@ def load_config(name: str, **overrides):
             target = target[parent]
         target[leaf] = value
     return config
+
+
+def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):
+    """``train.create_train_state`` under ``jax.jit``, as training calls it (eager init
+    dispatches the initialisers op by op, which costs seconds per test)."""
+    import jax
+
+    from nin_jax import train
+
+    create = functools.partial(
+        train.create_train_state, model=model, image_shape=image_shape, optimizer=optimizer
+    )
+    return jax.jit(create)(jax.random.key(seed))
 
 
 @pytest.fixture(scope="session")

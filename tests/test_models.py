@@ -13,7 +13,7 @@ LAYERS = ("conv", "cccp1", "cccp2")
 
 def init(model, shape, seed=0):
     x = jax.random.normal(jax.random.key(seed + 1), shape)
-    return model.init(jax.random.key(seed), x), x
+    return jax.jit(model.init)(jax.random.key(seed), x), x
 
 
 def count(params) -> int:
@@ -113,7 +113,7 @@ def test_matches_the_seeds_pytorch_network():
 def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
     x = jax.random.normal(jax.random.key(3), shape)
     labels = jnp.arange(4) % 10
-    variables = NIN(conv_impl="xla").init(jax.random.key(0), x)
+    variables = jax.jit(NIN(conv_impl="xla").init)(jax.random.key(0), x)
 
     def loss(params, conv_impl):
         logits = NIN(conv_impl=conv_impl).apply(
@@ -121,11 +121,15 @@ def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
         )
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
-    grads = {impl: jax.grad(loss)(variables["params"], impl) for impl in ("xla", "matmul")}
+    grad_fn = jax.jit(jax.grad(loss), static_argnums=1)
+    grads = {impl: grad_fn(variables["params"], impl) for impl in ("xla", "matmul")}
     leaves = [jax.tree.leaves(grads[impl]) for impl in ("xla", "matmul")]
     for native, fast in zip(*leaves, strict=True):
         np.testing.assert_allclose(fast, native, atol=1e-4, rtol=1e-3)
-    assert loss(variables["params"], "xla") == pytest.approx(loss(variables["params"], "matmul"))
+    loss_fn = jax.jit(loss, static_argnums=1)
+    assert loss_fn(variables["params"], "xla") == pytest.approx(
+        loss_fn(variables["params"], "matmul")
+    )
 
 
 def test_dropout_is_active_only_in_training():

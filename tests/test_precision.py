@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import init_state, load_config
 
 from nin_jax import train
 
@@ -13,7 +13,7 @@ def _setup(dtype: str, conv_impl: str):
     config = load_config("cifar10", dtype=dtype, model__conv_impl=conv_impl)
     model = train.create_model(config, num_classes=10)
     optimizer = train.create_optimizer(config, lambda step: 0.01)
-    state = train.create_train_state(jax.random.key(0), model, (8, 8, 3), optimizer)
+    state = init_state(model, (8, 8, 3), optimizer)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.standard_normal((8, 8, 8, 3), dtype=np.float32)),

@@ -10,13 +10,12 @@ import shutil
 import signal
 from pathlib import Path
 
-import jax
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
 import workers
-from conftest import load_config
+from conftest import init_state, load_config
 
 from nin_jax import preemption, train
 
@@ -113,7 +112,7 @@ def test_checkpoint_of_another_config_is_an_error_and_kept(tmp_path):
     def state_and_manager(widths):
         config = load_config("digits", model__widths=widths)
         model = train.create_model(config, num_classes=10)
-        state = train.create_train_state(jax.random.key(0), model, (8, 8, 1), optax.sgd(0.1))
+        state = init_state(model, (8, 8, 1), optax.sgd(0.1))
         return state, train.create_checkpoint_manager(str(tmp_path), config)
 
     state, manager = state_and_manager(((4, 4, 4), (4, 4, 4), (4, 4)))

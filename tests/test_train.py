@@ -11,9 +11,13 @@ import optax
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, init_state, load_config
 
 from nin_jax import input_pipeline, train
+
+SCRIPTS = REPO_ROOT / "tests" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import train_fixed_batch  # noqa: E402
 
 
 def to_float(images):
@@ -25,7 +29,7 @@ def test_loss_decreases_on_a_fixed_batch():
     config.model.widths = ((32, 32, 32), (32, 32, 32), (32, 32))
     model = train.create_model(config, num_classes=10)
     optimizer = train.create_optimizer(config, optax.constant_schedule(config.learning_rate))
-    state = train.create_train_state(jax.random.key(0), model, (8, 8, 1), optimizer)
+    state = init_state(model, (8, 8, 1), optimizer)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
@@ -127,22 +131,22 @@ def test_train_batches_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(np.sort(np.concatenate(first[:5])), np.arange(40))
 
 
-def run_fixed_batch(devices: int) -> dict:
+def fixed_batch_training_on_four_devices() -> dict:
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "PYTHONPATH": str(REPO_ROOT),
     }
-    script = REPO_ROOT / "tests" / "scripts" / "train_fixed_batch.py"
     out = subprocess.run(
-        [sys.executable, str(script), str(REPO_ROOT / "tests")],
+        [sys.executable, str(SCRIPTS / "train_fixed_batch.py")],
         env=env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_four_devices_give_the_same_training_as_one():
-    one, four = run_fixed_batch(1), run_fixed_batch(4)
+    one = train_fixed_batch.fixed_batch_training()  # This process has one CPU device.
+    four = fixed_batch_training_on_four_devices()
     assert (one["devices"], four["devices"]) == (1, 4)
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     assert four["checksum"] == pytest.approx(one["checksum"], rel=1e-5)

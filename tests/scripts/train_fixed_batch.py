@@ -1,10 +1,12 @@
 """Runs a few train steps on one fixed global batch and prints losses and a params checksum.
 
-Run under different XLA_FLAGS=--xla_force_host_platform_device_count=N to compare device counts.
+Run under different XLA_FLAGS=--xla_force_host_platform_device_count=N to compare device counts,
+or call ``fixed_batch_training`` in a process that already has its devices.
 """
 
 import json
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +14,14 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import load_config  # noqa: E402
 
 from nin_jax import train  # noqa: E402
 
 
-def main() -> None:
+def fixed_batch_training() -> dict:
+    """Losses of 3 steps and the final parameters' absolute sum, on this process's devices."""
     config = load_config("cifar10", batch_size=16)
     mesh = train.create_mesh()
     model = train.create_model(config, num_classes=10)
@@ -39,8 +42,8 @@ def main() -> None:
         state, metrics = jit_train(state, train.to_global(batch, mesh), jax.random.key(1))
         losses.append(float(metrics["loss"]))
     checksum = float(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params)))
-    print(json.dumps({"devices": jax.device_count(), "losses": losses, "checksum": checksum}))
+    return {"devices": jax.device_count(), "losses": losses, "checksum": checksum}
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(fixed_batch_training()))
