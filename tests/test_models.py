@@ -38,7 +38,7 @@ def test_default_is_the_seed_network_with_966986_parameters():
 def test_logits_shape_for_any_input_size(shape):
     model = NIN(num_classes=7, widths=((8, 8, 8), (8, 8, 8), (8, 8)))
     variables, x = init(model, shape)
-    logits = model.apply(variables, x)
+    logits = jax.jit(model.apply)(variables, x)
     assert logits.shape == (shape[0], 7)
     assert logits.dtype == jnp.float32
     assert np.all(np.asarray(logits) >= 0)  # ReLU class maps, then an average.
@@ -68,7 +68,7 @@ def reference_forward(params, x_nhwc: np.ndarray) -> np.ndarray:
 def test_matches_independent_lax_reference(conv_impl):
     model = NIN(num_classes=10, conv_impl=conv_impl)
     variables, x = init(model, (2, 32, 32, 3))
-    logits = model.apply(variables, x)
+    logits = jax.jit(model.apply)(variables, x)
     expected = reference_forward(variables["params"], np.asarray(x))
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
 
@@ -103,7 +103,7 @@ def test_matches_the_seeds_pytorch_network():
     with torch.no_grad():
         expected = seed(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     for conv_impl in ("xla", "matmul"):
-        logits = NIN(num_classes=10, conv_impl=conv_impl).apply({"params": params}, x)
+        logits = jax.jit(NIN(num_classes=10, conv_impl=conv_impl).apply)({"params": params}, x)
         assert np.abs(np.asarray(logits) - expected).max() < 1e-4
 
 
@@ -135,12 +135,14 @@ def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
 def test_dropout_is_active_only_in_training():
     model = NIN(widths=((8, 8, 8), (8, 8, 8), (8, 8)))
     variables, x = init(model, (4, 16, 16, 3))
-    apply = lambda seed: model.apply(  # noqa: E731
-        variables, x, train=True, rngs={"dropout": jax.random.key(seed)}
-    )
-    assert not np.allclose(apply(0), apply(1))
-    np.testing.assert_array_equal(apply(0), apply(0))
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    apply = jax.jit(model.apply, static_argnames="train")
+
+    def dropped(seed):
+        return apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)})
+
+    assert not np.allclose(dropped(0), dropped(1))
+    np.testing.assert_array_equal(dropped(0), dropped(0))
+    np.testing.assert_array_equal(apply(variables, x), apply(variables, x))
 
 
 def test_authors_gaussian_init():
