@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, xla_flags
 from test_recipes import MOCK_EXAMPLES, RECIPES, check_results, seed_zca_cache
 
 FOUR_DEVICE_SCRIPT = """
@@ -35,7 +35,7 @@ def test_every_recipe_on_four_cpu_devices(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags(4),
         "JAX_DEFAULT_PRNG_IMPL": "rbg",
     }
     out = subprocess.run(

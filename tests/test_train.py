@@ -11,7 +11,7 @@ import optax
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import REPO_ROOT, init_state, load_config
+from conftest import REPO_ROOT, init_state, load_config, xla_flags
 
 from nin_jax import input_pipeline, train
 
@@ -134,7 +134,7 @@ def test_train_batches_are_a_function_of_seed_and_step():
 def fixed_batch_training_on_four_devices() -> dict:
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags(4),
         "PYTHONPATH": str(REPO_ROOT),
     }
     out = subprocess.run(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import xla_flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_WIDTHS = "((8,8,8),(8,8,8),(8,8))"
@@ -52,7 +53,7 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "NO_GCE_CHECK": "true",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": xla_flags(devices),
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
     }
