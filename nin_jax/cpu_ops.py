@@ -31,15 +31,20 @@ def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
 
 # The kernel gradient of a 1x1 convolution contracts over every pixel of the
 # batch. XLA:CPU runs that contraction over (N, H, W) at 43-73 GFLOP/s for NIN's
-# layers, but as a batch of 8 matmuls over row blocks, summed, at 132-145
-# (batch 128: 139 -> 55 ms for the 192 -> 160 layer at 32x32, measured).
+# CIFAR layers, but as a batch of 8 matmuls over row blocks, summed, at 132-145
+# (batch 128: 139 -> 55 ms for the 192 -> 160 layer at 32x32, measured). Blocks
+# of fewer rows are slower than one matmul (digits, batch 32: step 0.033 -> 0.077 s).
 _GRAM_ROW_BLOCKS = 8
+_GRAM_MIN_BLOCK_ROWS = 4096
 
 
 def channel_gram(x: jax.Array, grad: jax.Array) -> jax.Array:
     """``x.T @ grad`` over all leading axes, (..., C) x (..., O) -> (C, O), in row blocks."""
     x, grad = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-    blocks = math.gcd(x.shape[0], _GRAM_ROW_BLOCKS)
+    rows = x.shape[0]
+    blocks = (
+        math.gcd(rows, _GRAM_ROW_BLOCKS) if rows >= _GRAM_ROW_BLOCKS * _GRAM_MIN_BLOCK_ROWS else 1
+    )
     x = x.reshape(blocks, -1, x.shape[-1])
     grad = grad.reshape(blocks, -1, grad.shape[-1])
     return jnp.einsum("bmc,bmo->bco", x, grad).sum(axis=0)
