@@ -62,7 +62,7 @@ def _pointwise_conv_fwd(x, kernel):
 
 def _pointwise_conv_bwd(residuals, grad):
     x, kernel = residuals
-    return grad @ kernel.T, channel_gram(x, grad).astype(kernel.dtype)
+    return grad @ kernel.T, channel_gram(x, grad)
 
 
 pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)

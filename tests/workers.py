@@ -5,17 +5,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from conftest import xla_flags
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_WIDTHS = "((8,8,8),(8,8,8),(8,8))"
-# Runs of the same shapes share compiled programs: the tests start many processes.
-COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "nin_jax_test_compile_cache")
+from conftest import REPO_ROOT, TINY_WIDTHS, xla_flags
 
 
 def free_port() -> int:
@@ -28,7 +22,7 @@ def train_args(workdir, data_dir: str, **overrides) -> list[str]:
     """Flags of a tiny digits run in ``workdir``; ``overrides`` are config fields."""
     config = {
         "data_dir": data_dir,
-        "model.widths": TINY_WIDTHS,
+        "model.widths": str(TINY_WIDTHS),
         "batch_size": 8,
         "warmup_epochs": 0,
         "log_every_steps": 1,
@@ -57,11 +51,7 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
     }
-    if cache:
-        env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    else:
+    if not cache:  # conftest set up the shared compilation cache in os.environ.
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = open(log_path, "w")
     return subprocess.Popen(
