@@ -51,26 +51,27 @@ def test_max_pool_gradient_sums_over_overlapping_windows():
     assert float(grad.sum()) == float(weights.sum())  # Every window sends its gradient once.
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-@pytest.mark.parametrize("shape", SHAPES[1:3])
-def test_conv_kxk_value_and_gradients_equal_native_convolution(shape, kernel_size):
+def test_winograd_matrices_compute_a_1d_correlation_exactly():
+    # F(4, 5) in float64: one tile of A^T [(G g) * (B^T d)] equals sum_k g[k] d[i + k].
+    a_t, g_matrix, b_t = cpu_ops.winograd_matrices(4, 5)
+    rng = np.random.default_rng(0)
+    g, d = rng.normal(size=5), rng.normal(size=8)
+    want = [np.dot(g, d[i : i + 5]) for i in range(4)]
+    np.testing.assert_allclose(a_t @ ((g_matrix @ g) * (b_t @ d)), want, rtol=1e-12)
+
+
+# F(4x4, 3x3), F(4x4, 5x5) and F(2x2, 7x7); sizes that are and are not multiples of the tile.
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize("shape", [(2, 8, 8, 16), (2, 9, 6, 4)])
+def test_winograd_conv_value_and_gradients_equal_native_convolution(shape, kernel_size):
     x = jax.random.normal(jax.random.key(0), shape)
     kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[-1], 6))
+    kernel = kernel / np.sqrt(kernel_size**2 * shape[-1])  # Unit-scale outputs, as in a network.
     want, want_grads = _value_and_vjp(_native_conv, (x, kernel))
-    got, got_grads = _value_and_vjp(cpu_ops.conv_kxk, (x, kernel))
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    got, got_grads = jax.jit(_value_and_vjp, static_argnums=0)(cpu_ops.winograd_conv, (x, kernel))
+    np.testing.assert_allclose(got, want, atol=5e-5)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
-        np.testing.assert_allclose(got_grad, want_grad, atol=1e-4, rtol=1e-5)
-
-
-@pytest.mark.parametrize("channels", [3, 20])
-def test_kernel_gradient_equals_native_convolution_gradient(channels):
-    x = jax.random.normal(jax.random.key(0), (2, 6, 5, channels))
-    grad = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
-    kernel = jnp.zeros((5, 5, channels, 4))
-    (want,) = jax.vjp(lambda k: _native_conv(x, k), kernel)[1](grad)
-    got = cpu_ops.kernel_gradient(x, grad, 5)
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+        np.testing.assert_allclose(got_grad, want_grad, atol=5e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 6), (8, 64, 64, 3)])  # One matmul; 8 row blocks.
@@ -84,11 +85,11 @@ def test_pointwise_conv_value_and_gradients_equal_a_1x1_convolution(shape):
     np.testing.assert_allclose(got_dkernel, want_grads[1][0, 0], atol=1e-4, rtol=1e-5)
 
 
-# Native-convolution and im2col branches: wide and large, narrow (RGB), wide and small.
+# Winograd and im2col branches: wide and large, narrow (RGB), wide and small.
 @pytest.mark.parametrize("shape", [(2, 8, 9, 16), (2, 8, 8, 3), (2, 4, 5, 16)])
 def test_conv_same_value_and_gradients_equal_native_convolution(shape):
     x = jax.random.normal(jax.random.key(0), shape)
-    kernel = jax.random.normal(jax.random.key(1), (5, 5, shape[-1], 6))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, shape[-1], 6)) / np.sqrt(25 * shape[-1])
     want, want_grads = _value_and_vjp(_native_conv, (x, kernel))
     got, got_grads = _value_and_vjp(cpu_ops.conv_same, (x, kernel))
     np.testing.assert_allclose(got, want, atol=1e-4)
