@@ -175,6 +175,42 @@ def _tile_transform(x: jax.Array, matrix: np.ndarray, stride: int) -> list[jax.A
     return out
 
 
+def _overlap_add(blocks: list[jax.Array], stride: int, axis: int) -> jax.Array:
+    """The transpose of taking ``len(blocks)`` views ``stride`` apart along ``axis``:
+    block i's entry t is added at position i + stride * t."""
+    size, tiles = len(blocks), blocks[0].shape[axis]
+    shifts = (size - 1) // stride
+    widths = [(0, 0)] * blocks[0].ndim
+    phases = []
+    for phase in range(stride):
+        parts = []
+        for shift in range(shifts + 1):
+            if shift * stride + phase < size:
+                widths[axis] = (shift, shifts - shift)
+                parts.append(jnp.pad(blocks[shift * stride + phase], widths))
+        phases.append(sum(parts[1:], parts[0]))
+    merged = jnp.stack(phases, axis=axis + 1)
+    shape = merged.shape[:axis] + (-1,) + merged.shape[axis + 2 :]
+    return jax.lax.slice_in_dim(merged.reshape(shape), 0, stride * (tiles - 1) + size, axis=axis)
+
+
+def _tile_transform_transpose(
+    tiles: list[jax.Array], matrix: np.ndarray, stride: int, shape: tuple[int, int, int, int]
+) -> jax.Array:
+    """The transpose of ``_tile_transform``: (N, H, W, C) from its list of tiles."""
+    n, height, width, channels = shape
+    size = matrix.shape[1]
+    tiles_h, tiles_w = (height - size) // stride + 1, (width - size) // stride + 1
+    grid = [t.reshape(n, tiles_h, tiles_w, channels) for t in tiles]
+    mixed = []
+    for i in range(len(matrix)):
+        row = grid[i * len(matrix) : (i + 1) * len(matrix)]
+        cols = [_weighted_sum(row, matrix[:, j]) for j in range(size)]
+        mixed.append(_overlap_add(cols, stride, axis=2))
+    rows = [_weighted_sum(mixed, matrix[:, i]) for i in range(size)]
+    return _overlap_add(rows, stride, axis=1)
+
+
 def _untile(products: list[jax.Array], a_t: np.ndarray, shape: tuple[int, int, int]):
     """``A^T m A`` for every tile m of ``products`` (as ``_tile_transform`` lays
     them out), assembled into (N, tiles_h * tile, tiles_w * tile, O)."""
@@ -235,19 +271,24 @@ def _winograd_tiled(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _winograd_fwd(x, kernel):
     y, tiles = _winograd_forward(x, kernel)
-    return y, (tiles, kernel)
+    return y, (tiles, kernel, x.shape)
 
 
 def _winograd_bwd(residuals, grad):
-    tiles, kernel = residuals
+    tiles, kernel, x_shape = residuals
     kernel_size = kernel.shape[0]
     tile = _winograd_tile_size(kernel_size)
-    a_t, g, _ = winograd_matrices(tile, kernel_size)
-    d_x = _winograd_tiled(grad, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    a_t, g, b_t = winograd_matrices(tile, kernel_size)
+    g = g.astype(kernel.dtype)
+    filters = jnp.einsum("xk,klio,yl->xyio", g, kernel, g).reshape(-1, *kernel.shape[2:])
     grad_tiles = _tile_transform(grad, a_t.T, tile)
+    d_tiles = [d @ f.T for d, f in zip(grad_tiles, filters, strict=True)]
+    pad = kernel_size // 2
+    n, height, width, channels = x_shape
+    padded_shape = (n, height + 2 * pad, width + 2 * pad, channels)
+    d_x = _tile_transform_transpose(d_tiles, b_t, tile, padded_shape)[:, pad:-pad, pad:-pad]
     d_filters = jnp.stack([t.T @ d for t, d in zip(tiles, grad_tiles, strict=True)])
     d_filters = d_filters.reshape(g.shape[0], g.shape[0], *kernel.shape[2:])
-    g = g.astype(kernel.dtype)
     return d_x, jnp.einsum("xk,xyio,yl->klio", g, d_filters, g)
 
 
