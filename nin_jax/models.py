@@ -10,9 +10,10 @@ Convolutions have two implementations with one parameter tree
 * ``'xla'``: ``lax.conv_general_dilated`` and ``reduce_window`` max pooling,
   the right choice on GPU and TPU;
 * ``'matmul'``: 1 x 1 convolutions as matmuls over the channel axis, k x k
-  convolutions with their kernel gradient as matmuls, and max pooling with an
-  argmax-mask gradient (``nin_jax.cpu_ops``). XLA:CPU runs these several times
-  faster than its native convolution gradients and select-and-scatter.
+  convolutions as Winograd F(4x4, k x k) (or im2col for the RGB layer and small
+  maps), and max pooling with an argmax-mask gradient (``nin_jax.cpu_ops``).
+  XLA:CPU runs these several times faster than its native convolution gradients
+  and select-and-scatter.
 
 ``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
