@@ -72,14 +72,15 @@ def _pointwise_conv_bwd(residuals, grad):
 pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 
-# Below this many output pixels per image (8 x 8), or below this many input
-# channels (the RGB layer), im2col + one matmul is the fastest form: measured
-# 0.017 s vs 0.12 s for the native 96 -> 192 5x5 convolution at 4x4 (digits),
-# 86 ms vs XLA's native 108 ms for the 3 -> 192 5x5 forward at 32x32.
-# Elsewhere ``winograd_conv`` is: 0.34 s vs 0.81 s with native forward and input
-# gradient convolutions for the forward pass and both gradients of CIFAR's
-# 96 -> 192 5x5 layer at 16x16, batch 128.
-_WINOGRAD_MIN_PIXELS = 64
+# Below this many output pixels per image (4 x 4), or below this many input
+# channels (the RGB layer), im2col + one matmul is the fastest form: the digits
+# step (batch 32) takes 0.044 s with Winograd for its 3x3 layer at 2x2 and 0.032 s
+# with im2col there, and im2col ran the 3 -> 192 5x5 forward at 32x32 in 86 ms
+# where XLA's native convolution took 108. Elsewhere ``winograd_conv`` is faster:
+# 0.30 s vs 0.81 s with native forward and input-gradient convolutions for the
+# forward pass and both gradients of CIFAR's 96 -> 192 5x5 layer at 16x16 (batch
+# 128), and the digits step 0.044 -> 0.032 s from its 5x5 layer at 4x4.
+_WINOGRAD_MIN_PIXELS = 16
 _WINOGRAD_MIN_CHANNELS = 16
 
 

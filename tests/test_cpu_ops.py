@@ -86,7 +86,7 @@ def test_pointwise_conv_value_and_gradients_equal_a_1x1_convolution(shape):
 
 
 # Winograd and im2col branches: wide and large, narrow (RGB), wide and small.
-@pytest.mark.parametrize("shape", [(2, 8, 9, 16), (2, 8, 8, 3), (2, 4, 5, 16)])
+@pytest.mark.parametrize("shape", [(2, 8, 9, 16), (2, 8, 8, 3), (2, 3, 5, 16)])
 def test_conv_same_value_and_gradients_equal_native_convolution(shape):
     x = jax.random.normal(jax.random.key(0), shape)
     kernel = jax.random.normal(jax.random.key(1), (5, 5, shape[-1], 6)) / np.sqrt(25 * shape[-1])

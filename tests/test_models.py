@@ -107,8 +107,8 @@ def test_matches_the_seeds_pytorch_network():
         assert np.abs(np.asarray(logits) - expected).max() < 1e-4
 
 
-# 32x32 runs the CPU path's native-convolution form in every block; 8x8 (digits) its
-# im2col form in the later blocks (cpu_ops.conv_same picks by size).
+# 32x32 runs the CPU path's Winograd form in the later blocks; 8x8 (digits) runs it in
+# the second block (4x4) and im2col in the third (2x2): cpu_ops.conv_same picks by size.
 @pytest.mark.parametrize("shape", [(4, 32, 32, 3), (4, 8, 8, 1)])
 def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
     x = jax.random.normal(jax.random.key(3), shape)
