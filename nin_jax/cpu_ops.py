@@ -100,7 +100,8 @@ def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
 # input tiles and transformed kernels. F(4x4, 5x5) does 6.25x, F(4x4, 3x3) 4x fewer
 # multiplies than a direct convolution. The transforms are Toom-Cook's, from
 # evaluation at the points below and infinity; with these small points the
-# float32 error stays within a few 1e-5 of a direct convolution (tested).
+# float32 results stay within a few 1e-5 of a direct convolution at unit scale
+# (tested; docs/PERFORMANCE.md).
 _WINOGRAD_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
 _WINOGRAD_TILE = 4
 _WINOGRAD_MAX_POINTS = len(_WINOGRAD_POINTS) + 1  # m + r - 1: the finite points and infinity.
@@ -233,7 +234,7 @@ def _winograd_tile_size(kernel_size: int) -> int:
 def winograd_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'same' stride-1 convolution (odd k <= ``WINOGRAD_MAX_KERNEL``) by Winograd F(4x4, k x k).
 
-    Outputs come in 4x4 tiles; a size that is not a multiple of 4 is zero-padded
+    Outputs come in 4x4 tiles (2x2 for k = 7); a size that is not a multiple of 4 is zero-padded
     at the bottom and right and the extra outputs cropped.
     """
     kernel_size = kernel.shape[0]
@@ -269,22 +270,22 @@ def _winograd_tiled(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``winograd_conv`` for sizes that are multiples of the tile.
 
     Autodiff would transpose every slice of the transforms into a padded copy;
-    the gradients are Winograd convolutions and matmuls too. The input gradient
-    is the convolution of the output gradient with the flipped kernel; the
-    kernel gradient contracts the forward pass's transformed input tiles with
-    the output gradient's transformed tiles (A's transpose), then maps the
-    result back through G.
+    the VJP works on transformed tiles instead. The output gradient's tiles are
+    transformed once, by A (the transpose of the output transform). The kernel
+    gradient contracts them with the forward pass's transformed input tiles and
+    maps the result back through G; the input gradient multiplies them by the
+    transformed kernel and applies the transpose of the input transform.
     """
     return _winograd_forward(x, kernel)[0]
 
 
 def _winograd_fwd(x, kernel):
     y, tiles = _winograd_forward(x, kernel)
-    return y, (tiles, kernel, x.shape)
+    return y, (tiles, kernel)
 
 
 def _winograd_bwd(residuals, grad):
-    tiles, kernel, x_shape = residuals
+    tiles, kernel = residuals
     kernel_size = kernel.shape[0]
     tile = _winograd_tile_size(kernel_size)
     a_t, g, b_t = winograd_matrices(tile, kernel_size)
@@ -292,8 +293,8 @@ def _winograd_bwd(residuals, grad):
     grad_tiles = _tile_transform(grad, a_t.T, tile)
     d_tiles = [jnp.einsum("xpo,xco->xpc", d, f) for d, f in zip(grad_tiles, filters, strict=True)]
     pad = kernel_size // 2
-    n, height, width, channels = x_shape
-    padded_shape = (n, height + 2 * pad, width + 2 * pad, channels)
+    n, height, width, _ = grad.shape
+    padded_shape = (n, height + 2 * pad, width + 2 * pad, kernel.shape[2])
     d_x = _tile_transform_transpose(d_tiles, b_t, tile, padded_shape)[:, pad:-pad, pad:-pad]
     d_filters = jnp.stack(
         [jnp.einsum("xpc,xpo->xco", t, d) for t, d in zip(tiles, grad_tiles, strict=True)]
