@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from nin_jax import input_pipeline, models, preprocessing, train
+from nin_jax import input_pipeline, models, optimizer, preprocessing, steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the config's).")
@@ -66,25 +66,29 @@ def _time_calls(fn: Callable[[], Any], steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def benchmark_steps(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict[str, float]:
+def benchmark_steps(
+    config: ml_collections.ConfigDict, num_steps: int, warmup: int
+) -> dict[str, float]:
     """Compile time and images/s of the jitted train and eval steps."""
     image_shape, num_classes = dataset_spec(config)
-    mesh = train.create_mesh()
-    model = train.create_model(config, num_classes)
-    learning_rate_fn = train.create_learning_rate_fn(config, max(1, steps), warmup + steps + 1)
-    optimizer = train.create_optimizer(config, learning_rate_fn)
+    mesh = steps.create_mesh()
+    model = models.from_config(config, num_classes)
+    learning_rate_fn = optimizer.create_learning_rate_fn(
+        config, max(1, num_steps), warmup + num_steps + 1
+    )
+    tx = optimizer.create_optimizer(config, learning_rate_fn)
     params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     init = jax.jit(
-        lambda rng: train.create_train_state(rng, model, image_shape, optimizer),
+        lambda rng: steps.create_train_state(rng, model, image_shape, tx),
         out_shardings=NamedSharding(mesh, P()),
     )
     state = init(params_rng)
     host_batch = synthetic_batch(
         input_pipeline.local_batch_size(config.batch_size), image_shape, num_classes
     )
-    train_batch = train.to_global({k: host_batch[k] for k in ("image", "label")}, mesh)
-    eval_batch = train.to_global(host_batch, mesh)
-    jit_train, jit_eval = train.compile_steps(mesh)
+    train_batch = steps.to_global({k: host_batch[k] for k in ("image", "label")}, mesh)
+    eval_batch = steps.to_global(host_batch, mesh)
+    jit_train, jit_eval = steps.compile_steps(mesh)
 
     start = time.perf_counter()
     train_fn = jit_train.lower(state, train_batch, dropout_rng).compile()
@@ -99,9 +103,9 @@ def benchmark_steps(config: ml_collections.ConfigDict, steps: int, warmup: int) 
     for _ in range(warmup):
         train_once()
     jax.block_until_ready(state)
-    train_seconds = _time_calls(train_once, steps)
+    train_seconds = _time_calls(train_once, num_steps)
     jax.block_until_ready(eval_fn(state, eval_batch))
-    eval_seconds = _time_calls(lambda: eval_fn(state, eval_batch), steps)
+    eval_seconds = _time_calls(lambda: eval_fn(state, eval_batch), num_steps)
     return {
         "train_images_per_sec": round(config.batch_size / train_seconds, 2),
         "eval_images_per_sec": round(config.batch_size / eval_seconds, 2),

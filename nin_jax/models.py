@@ -196,3 +196,11 @@ class NIN(nn.Module):
         if self.head == "fc_dropout":
             features = self.dropout(features, deterministic=not train)
         return self.fc(features).astype(jnp.float32)
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def from_config(config, num_classes: int) -> NIN:
+    """The NIN of ``config.model`` computing in ``config.dtype`` (an ml_collections config)."""
+    return NIN(num_classes=num_classes, dtype=DTYPES[config.dtype], **config.model.to_dict())

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from nin_jax import preprocessing
+from nin_jax import models, preprocessing
 
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
@@ -218,11 +218,9 @@ def load(workdir: str, step: int | None = None) -> Trained:
     The checkpoint (a whole TrainState) is restored without a target, read-only, and
     its parameters are checked against the shapes of the model in config.json.
     """
-    from nin_jax import train  # Deferred: train imports this module.
-
     config = load_config(workdir)
     info = load_dataset_info(workdir)
-    model = train.create_model(config, info.num_classes)
+    model = models.from_config(config, info.num_classes)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise WorkdirError(f"no checkpoint in {directory}: train first (python -m nin_jax.main)")

@@ -18,38 +18,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import input_pipeline, preemption, preprocessing, reporting, restore, splits
-from nin_jax.models import NIN
+from nin_jax import (
+    input_pipeline,
+    models,
+    optimizer,
+    preemption,
+    preprocessing,
+    reporting,
+    restore,
+    splits,
+    steps,
+)  # fmt: skip
+from nin_jax.steps import TrainState
 
 Metrics = dict[str, float]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (bad workdir, non-finite loss, ...); the message says why."""
-
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state; apply_fn and tx are static)."""
-
-
-def create_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named 'data' over every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> NIN:
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if config.dtype not in dtypes:
-        raise ValueError(f"config.dtype must be one of {sorted(dtypes)}, got {config.dtype!r}")
-    model_config = config.model.to_dict()
-    return NIN(num_classes=num_classes, dtype=dtypes[config.dtype], **model_config)
 
 
 def create_preprocess(
@@ -64,146 +55,10 @@ def create_preprocess(
     return preprocessing.from_params(config.preprocess, params), params
 
 
-def create_learning_rate_fn(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
-) -> optax.Schedule:
-    """Linear warmup to ``config.learning_rate``, then the configured decay."""
-    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps)
-    peak = config.learning_rate
-    if config.lr_schedule == "cosine":
-        decay = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup_steps))
-    elif config.lr_schedule == "step":
-        decay = optax.piecewise_constant_schedule(
-            peak,
-            {
-                int(epoch * steps_per_epoch) - warmup_steps: config.lr_decay_factor
-                for epoch in config.lr_decay_epochs
-            },
-        )
-    elif config.lr_schedule == "constant":
-        decay = optax.constant_schedule(peak)
-    else:
-        raise ValueError(
-            f"config.lr_schedule must be 'cosine', 'step' or 'constant', got {config.lr_schedule!r}"
-        )
-    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
-    return optax.join_schedules([warmup, decay], [warmup_steps])
-
-
-def _kernels_only(params):
-    """Weight decay mask: convolution kernels yes, biases no."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-    )
-
-
-def authors_lr_multipliers(params):
-    """The authors' per-layer rates: biases 2x, the class layer (last block's cccp2) 0.1x."""
-    last_block = f"mlpconv{sum(name.startswith('mlpconv') for name in params)}"
-
-    def multiplier(path, _) -> float:
-        keys = [getattr(p, "key", None) for p in path]
-        scale = 2.0 if keys[-1] == "bias" else 1.0
-        return scale * 0.1 if keys[:2] == [last_block, "cccp2"] else scale
-
-    return jax.tree_util.tree_map_with_path(multiplier, params)
-
-
-def scale_updates(multipliers_fn: Callable) -> optax.GradientTransformation:
-    """Multiplies each update by a per-parameter constant: with SGD, a per-layer learning rate."""
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(jnp.multiply, updates, multipliers_fn(updates)), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
-) -> optax.GradientTransformation:
-    """SGD with momentum; weight decay added to the kernels' gradients (PyTorch-style)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=_kernels_only),
-        optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=config.nesterov),
-        scale_updates(authors_lr_multipliers) if config.lr_multipliers else optax.identity(),
-    )
-
-
-def create_train_state(
-    rng: jax.Array,
-    model: NIN,
-    image_shape: tuple[int, ...],
-    optimizer: optax.GradientTransformation,
-) -> TrainState:
-    """Initial state; call under ``jax.jit(..., out_shardings=...)`` to place it."""
-    params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def train_step(
-    state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a global batch; dropout randomness is a function of (rng, step)."""
-    step_rng = jax.random.fold_in(dropout_rng, state.step)
-
-    def loss_fn(params):
-        logits = state.apply_fn(
-            {"params": params}, batch["image"], train=True, rngs={"dropout": step_rng}
-        )
-        return cross_entropy(logits, batch["label"]).mean(), logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return new_state, {
-        "loss": loss,
-        "accuracy": accuracy,
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(new_state.params),
-    }
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Sums over the real (mask == 1) examples of a padded batch."""
-    logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
-    mask = batch["mask"]
-    correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
-    return {
-        "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "correct": jnp.sum(correct),
-        "count": jnp.sum(mask),
-    }
-
-
-def compile_steps(mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-    """``train_step`` and ``eval_step`` jitted for this mesh: batch on 'data', state replicated."""
-    replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P("data"))
-    jit_train = jax.jit(
-        train_step,
-        in_shardings=(replicated, data, replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    jit_eval = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
-    return jit_train, jit_eval
-
-
-def to_global(batch: input_pipeline.Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's local batch into one global array sharded on 'data'."""
-    sharding = NamedSharding(mesh, P("data"))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
 def evaluate(jit_eval: Callable, state: TrainState, batches, mesh) -> Metrics:
     totals = None
     for batch in batches:
-        sums = jit_eval(state, to_global(batch, mesh))
+        sums = jit_eval(state, steps.to_global(batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -345,24 +200,24 @@ def train_and_evaluate(
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
     num_eval_batches = input_pipeline.num_eval_batches(eval_total, config.batch_size)
 
-    mesh = create_mesh()
-    model = create_model(config, input_pipeline.num_classes(builder))
-    learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
-    optimizer = create_optimizer(config, learning_rate_fn)
+    mesh = steps.create_mesh()
+    model = models.from_config(config, input_pipeline.num_classes(builder))
+    learning_rate_fn = optimizer.create_learning_rate_fn(config, steps_per_epoch, total_steps)
+    tx = optimizer.create_optimizer(config, learning_rate_fn)
     params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     init = jax.jit(
         functools.partial(
-            create_train_state,
+            steps.create_train_state,
             model=model,
             image_shape=train_split.images.shape[1:],
-            optimizer=optimizer,
+            optimizer=tx,
         ),
         out_shardings=NamedSharding(mesh, P()),
     )
     manager = create_checkpoint_manager(workdir, config)
     state = restore_or_keep(manager, init(params_rng))
     start_step = int(state.step)
-    jit_train, jit_eval = compile_steps(mesh)
+    jit_train, jit_eval = steps.compile_steps(mesh)
 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
@@ -392,7 +247,7 @@ def train_and_evaluate(
     eval_metrics: Metrics | None = None
     watcher = preemption.PreemptionWatcher()
     for step in range(start_step + 1, total_steps + 1):
-        state, metrics = jit_train(state, to_global(next(batches), mesh), dropout_rng)
+        state, metrics = jit_train(state, steps.to_global(next(batches), mesh), dropout_rng)
         window_metrics.append(metrics)
         reporter.tick(step)
         preempted = watcher.reached(step)

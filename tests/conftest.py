@@ -53,14 +53,14 @@ def load_config(name: str, **overrides):
 
 
 def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):
-    """``train.create_train_state`` under ``jax.jit``, as training calls it (eager init
+    """``steps.create_train_state`` under ``jax.jit``, as training calls it (eager init
     dispatches the initialisers op by op, which costs seconds per test)."""
     import jax
 
-    from nin_jax import train
+    from nin_jax import steps
 
     create = functools.partial(
-        train.create_train_state, model=model, image_shape=image_shape, optimizer=optimizer
+        steps.create_train_state, model=model, image_shape=image_shape, optimizer=optimizer
     )
     return jax.jit(create)(jax.random.key(seed))
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from conftest import init_state, load_config
 
-from nin_jax import train
+from nin_jax import models, optimizer, steps
 
 
 def _setup(dtype: str, conv_impl: str):
     config = load_config("cifar10", dtype=dtype, model__conv_impl=conv_impl)
-    model = train.create_model(config, num_classes=10)
-    optimizer = train.create_optimizer(config, lambda step: 0.01)
-    state = init_state(model, (8, 8, 3), optimizer)
+    model = models.from_config(config, num_classes=10)
+    tx = optimizer.create_optimizer(config, lambda step: 0.01)
+    state = init_state(model, (8, 8, 3), tx)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.standard_normal((8, 8, 8, 3), dtype=np.float32)),
@@ -38,8 +38,8 @@ def test_bfloat16_logits_are_float32_and_close_to_float32(conv_impl):
 def test_bfloat16_train_step_keeps_float32_state_and_gradients_close():
     state16, batch = _setup("bfloat16", "auto")
     state32, _ = _setup("float32", "auto")
-    mesh = train.create_mesh()
-    jit_train, _ = train.compile_steps(mesh)
+    mesh = steps.create_mesh()
+    jit_train, _ = steps.compile_steps(mesh)
     dropout_rng = jax.random.key(1)
     start = jax.tree.map(jnp.copy, state32.params)
     new16, metrics16 = jit_train(state16, batch, dropout_rng)

@@ -17,7 +17,7 @@ import pytest
 import workers
 from conftest import init_state, load_config
 
-from nin_jax import preemption, train
+from nin_jax import models, preemption, train
 
 STEPS, EVERY = 400, 20
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # What Orbax names a checkpoint it is still writing.
@@ -111,7 +111,7 @@ def test_checkpoint_of_another_config_is_an_error_and_kept(tmp_path):
 
     def state_and_manager(widths):
         config = load_config("digits", model__widths=widths)
-        model = train.create_model(config, num_classes=10)
+        model = models.from_config(config, num_classes=10)
         state = init_state(model, (8, 8, 1), optax.sgd(0.1))
         return state, train.create_checkpoint_manager(str(tmp_path), config)
 

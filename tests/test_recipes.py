@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, load_config
 
-from nin_jax import models, preprocessing, train
+from nin_jax import models, optimizer, preprocessing, train
 
 RECIPES = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py") if p.stem != "__init__")
 MOCK_EXAMPLES = 24
@@ -151,14 +151,14 @@ def test_authors_learning_rate_multipliers():
         }
         for i in (1, 2, 3)
     }
-    multipliers = train.authors_lr_multipliers(params)
+    multipliers = optimizer.authors_lr_multipliers(params)
     assert multipliers["mlpconv1"]["conv"] == {"kernel": 1.0, "bias": 2.0}
     assert multipliers["mlpconv2"]["cccp2"] == {"kernel": 1.0, "bias": 2.0}
     assert multipliers["mlpconv3"]["cccp2"] == {"kernel": 0.1, "bias": pytest.approx(0.2)}
 
     def first_update(lr_multipliers):
         config = load_config("cifar10", lr_multipliers=lr_multipliers, weight_decay=0.0)
-        tx = train.create_optimizer(config, lambda step: 0.5)
+        tx = optimizer.create_optimizer(config, lambda step: 0.5)
         updates, _ = tx.update(params, tx.init(params), params)  # gradient 1 everywhere
         return updates
 

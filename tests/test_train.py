@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import REPO_ROOT, init_state, load_config, xla_flags
 
-from nin_jax import input_pipeline, train
+from nin_jax import input_pipeline, models, optimizer, steps, train
 
 SCRIPTS = REPO_ROOT / "tests" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -27,15 +27,15 @@ def to_float(images):
 def test_loss_decreases_on_a_fixed_batch():
     config = load_config("digits", learning_rate=0.05, model__dropout_rate=0.0)
     config.model.widths = ((32, 32, 32), (32, 32, 32), (32, 32))
-    model = train.create_model(config, num_classes=10)
-    optimizer = train.create_optimizer(config, optax.constant_schedule(config.learning_rate))
-    state = init_state(model, (8, 8, 1), optimizer)
+    model = models.from_config(config, num_classes=10)
+    tx = optimizer.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+    state = init_state(model, (8, 8, 1), tx)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
         "label": rng.integers(0, 10, 16).astype(np.int32),
     }
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
     losses = []
     for _ in range(40):
         state, metrics = step(state, batch, jax.random.key(1))
@@ -47,23 +47,23 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_learning_rate_warms_up_then_decays():
     config = load_config("digits", learning_rate=0.1, warmup_epochs=1.0)
-    cosine = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=30)
+    cosine = optimizer.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=30)
     assert float(cosine(0)) == 0.0
     assert float(cosine(5)) == pytest.approx(0.05)
     assert float(cosine(10)) == pytest.approx(0.1)
     assert float(cosine(30)) == pytest.approx(0.0, abs=1e-7)
     config.update({"lr_schedule": "step", "lr_decay_epochs": (2,), "lr_decay_factor": 0.1})
-    steps = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=30)
-    assert [float(steps(s)) for s in (15, 25)] == pytest.approx([0.1, 0.01])
+    stepwise = optimizer.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=30)
+    assert [float(stepwise(s)) for s in (15, 25)] == pytest.approx([0.1, 0.01])
 
 
 def test_weight_decay_applies_to_kernels_only():
     params = {"conv": {"kernel": np.ones((1, 1, 2, 2)), "bias": np.ones(2)}}
-    optimizer = train.create_optimizer(
+    tx = optimizer.create_optimizer(
         load_config("digits", weight_decay=0.5, momentum=0.0), optax.constant_schedule(1.0)
     )
     zeros = jax.tree.map(np.zeros_like, params)
-    updates, _ = optimizer.update(zeros, optimizer.init(params), params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["conv"]["kernel"], -0.5)
     np.testing.assert_allclose(updates["conv"]["bias"], 0.0)
 

@@ -15,10 +15,10 @@ from absl import app
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nin_jax import main, train  # noqa: E402
+from nin_jax import main, steps, train  # noqa: E402
 
 
-def save_local_params(state: train.TrainState, workdir: str) -> None:
+def save_local_params(state: steps.TrainState, workdir: str) -> None:
     flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
     arrays = {jax.tree_util.keystr(path): np.asarray(x.addressable_data(0)) for path, x in flat}
     np.savez(os.path.join(workdir, f"params_{jax.process_index()}.npz"), **arrays)

@@ -11,7 +11,7 @@ standardisation, batch 128, base rate 0.05, weight decay 1e-4, 60 epochs
 with the rate / 10 after 40 and 50, one warmup epoch.
 """
 
-from configs import default
+from nin_jax.configs import default
 from nin_jax.models import VARIANTS
 
 

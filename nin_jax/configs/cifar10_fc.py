@@ -10,7 +10,7 @@ one dense layer on the unchanged network is our reading. The paper's error
 for this row is in docs/RECIPES.md.
 """
 
-from configs import cifar10
+from nin_jax.configs import cifar10
 
 
 def get_config():

@@ -17,7 +17,7 @@ Set --config.validation=True to train on 40,000 images and evaluate on the
 other 10,000 (the paper tuned on such a split).
 """
 
-from configs import default
+from nin_jax.configs import default
 from nin_jax.models import VARIANTS
 
 

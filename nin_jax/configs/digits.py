@@ -6,7 +6,7 @@
 small batch follow the measurements in PAPER_NOTES.md; a few minutes on 2 CPU cores.
 """
 
-from configs import default
+from nin_jax.configs import default
 
 
 def get_config():

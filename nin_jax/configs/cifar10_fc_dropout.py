@@ -6,7 +6,7 @@ configs/cifar10_fc.py with dropout (rate config.model.dropout_rate = 0.5)
 before the dense layer; same parameter count (973,396).
 """
 
-from configs import cifar10
+from nin_jax.configs import cifar10
 
 
 def get_config():

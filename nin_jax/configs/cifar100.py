@@ -7,7 +7,7 @@ layer: 984,356 parameters), so this is configs/cifar10.py on cifar100,
 GCN + ZCA statistics fitted on CIFAR-100's own training split.
 """
 
-from configs import cifar10
+from nin_jax.configs import cifar10
 
 
 def get_config():

@@ -13,7 +13,7 @@ CIFAR's, for the wider network), weight decay 1e-4, 20 epochs (94k steps) with
 the rate / 10 after 10 and 15, and half an epoch of warmup.
 """
 
-from configs import default
+from nin_jax.configs import default
 from nin_jax.models import VARIANTS
 
 

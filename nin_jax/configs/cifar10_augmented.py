@@ -8,7 +8,7 @@ horizontal flipping"; the exact translation range is ours: pad 4 pixels
 probability 1/2, a fresh draw for every image of every step.
 """
 
-from configs import cifar10
+from nin_jax.configs import cifar10
 
 
 def get_config():
