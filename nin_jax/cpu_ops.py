@@ -9,6 +9,22 @@ gradients (max pooling sends each gradient to the first maximum of its window,
 like select-and-scatter) from matmuls, slices and elementwise code: 1x1
 convolutions as matmuls, k x k convolutions as Winograd's minimal filtering
 (4-6x fewer multiplies) or im2col, max pooling with an argmax-mask gradient.
+
+Changing this
+-------------
+``models.Conv2D`` and ``models.max_pool_3x3_s2`` call three entry points:
+``pointwise_conv`` (1 x 1 convolutions), ``conv_same`` (k x k convolutions; it
+picks ``winograd_conv`` or im2col + ``pointwise_conv`` by shape) and
+``max_pool_3x3_s2``. The invariant: each returns the values and gradients of
+XLA's ops (``lax.conv_general_dilated``; ``reduce_window`` max pooling, whose
+gradient goes to each window's first maximum) up to float32 rounding, so both
+paths train the same model from the same checkpoints. After a change run
+``python -m pytest -q tests/test_cpu_ops.py tests/test_models.py tests/test_precision.py``
+(each op against XLA's; the whole model, logits and gradients, against the XLA
+path; bfloat16). ``--config.model.conv_impl=xla`` bypasses this module on any
+backend. The thresholds and layouts below were chosen by timing them on one
+machine; the figures are in docs/PERFORMANCE.md, "Measurements behind cpu_ops":
+re-measure before retuning.
 """
 
 import functools
@@ -34,10 +50,10 @@ def im2col(x: jax.Array, kernel_size: int) -> jax.Array:
 
 
 # The kernel gradient of a 1x1 convolution contracts over every pixel of the
-# batch. XLA:CPU runs that contraction over (N, H, W) at 43-73 GFLOP/s for NIN's
-# CIFAR layers, but as a batch of 8 matmuls over row blocks, summed, at 132-145
-# (batch 128: 139 -> 55 ms for the 192 -> 160 layer at 32x32, measured). Blocks
-# of fewer rows are slower than one matmul (digits, batch 32: step 0.033 -> 0.077 s).
+# batch. XLA:CPU runs that one contraction over (N, H, W) at a fraction of its
+# matmul speed, but a batch of matmuls over row blocks, summed, close to it.
+# Blocks of fewer rows lose to one matmul, hence the minimum block size.
+# Timings: docs/PERFORMANCE.md, "Measurements behind cpu_ops".
 _GRAM_ROW_BLOCKS = 8
 _GRAM_MIN_BLOCK_ROWS = 4096
 
@@ -72,14 +88,12 @@ def _pointwise_conv_bwd(residuals, grad):
 pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 
-# Below this many output pixels per image (4 x 4), or below this many input
-# channels (the RGB layer), im2col + one matmul is the fastest form: the digits
-# step (batch 32) takes 0.044 s with Winograd for its 3x3 layer at 2x2 and 0.032 s
-# with im2col there, and im2col ran the 3 -> 192 5x5 forward at 32x32 in 86 ms
-# where XLA's native convolution took 108. Elsewhere ``winograd_conv`` is faster:
-# 0.30 s vs 0.81 s with native forward and input-gradient convolutions for the
-# forward pass and both gradients of CIFAR's 96 -> 192 5x5 layer at 16x16 (batch
-# 128), and the digits step 0.044 -> 0.032 s from its 5x5 layer at 4x4.
+# Below this many output pixels per image (4 x 4: at 2 x 2 a 4 x 4 tile is three
+# quarters padding), or below this many input channels (the RGB layer: Winograd's
+# matmuls would be 3 deep), im2col + one matmul is the fastest form, faster than
+# XLA's native convolution too. Elsewhere ``winograd_conv`` is the fastest, from
+# CIFAR's 16 x 16 maps down to the digits' 4 x 4. Timings: docs/PERFORMANCE.md,
+# "Measurements behind cpu_ops".
 _WINOGRAD_MIN_PIXELS = 16
 _WINOGRAD_MIN_CHANNELS = 16
 
@@ -167,8 +181,9 @@ def _weighted_sum(terms: list[jax.Array], weights) -> jax.Array:
 # Transformed tiles are kept as one (a, N * tiles, C) array per column index nu of
 # the a x a transform, stacked over the row index xi: a batch of a matmuls per
 # array. Vectorising over xi makes XLA emit a fusions and a batched dots per
-# transform instead of a^2 each: a third of the compile time, and faster (8-way
-# batched dots ran at 121 GFLOP/s, one 64-way batched dot at 72, measured).
+# transform instead of a^2 each: it compiles faster, and XLA:CPU runs these a-way
+# batched dots faster than one a^2-way batched dot. Timings: docs/PERFORMANCE.md,
+# "Measurements behind cpu_ops".
 
 
 def _tile_transform(x: jax.Array, matrix: np.ndarray, stride: int) -> list[jax.Array]:

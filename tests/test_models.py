@@ -75,23 +75,11 @@ def test_matches_independent_lax_reference(conv_impl):
 
 def test_matches_the_seeds_pytorch_network():
     torch = pytest.importorskip("torch")
-    from torch import nn
+    from benchmarks.torch_nin import NIN as SeedNIN
 
-    def block(c_in, widths, k):
-        layers = []
-        for i, width in enumerate(widths):
-            size = k if i == 0 else 1
-            layers += [nn.Conv2d(c_in, width, size, 1, size // 2), nn.ReLU()]
-            c_in = width
-        return layers
-
-    # The seed document's layer sequence.
-    seed = nn.Sequential(
-        *block(3, (192, 160, 96), 5), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5),
-        *block(96, (192, 192, 192), 5), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5),
-        *block(192, (192, 192, 10), 3), nn.AvgPool2d(8, 1, 0), nn.Flatten(),
-    ).eval()  # fmt: skip
-    convs = [m for m in seed if isinstance(m, nn.Conv2d)]
+    torch.manual_seed(0)
+    seed = SeedNIN().eval()
+    convs = [m for m in seed.modules() if isinstance(m, torch.nn.Conv2d)]
     names = [(b, layer) for b in ("mlpconv1", "mlpconv2", "mlpconv3") for layer in LAYERS]
     params = {b: {} for b, _ in names}
     for (b, layer), conv in zip(names, convs, strict=True):
