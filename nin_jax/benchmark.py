@@ -22,19 +22,24 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from nin_jax import input_pipeline, models, optimizer, preprocessing, steps
+from nin_jax import cli, config_validation, input_pipeline, models, optimizer, preprocessing, steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the config's).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train and eval steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps run after compilation.")
+flags.mark_flag_as_required("config")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Global batch size (default: the config's).", lower_bound=1
+)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train and eval steps.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps run after compilation.", lower_bound=0)
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype.")
-_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 50, "Batches timed from the input pipeline.")
+_INPUT_BATCHES = flags.DEFINE_integer(
+    "input_batches", 50, "Batches timed from the input pipeline.", lower_bound=1
+)
 _TORCH_SCRIPT = flags.DEFINE_string(
     "torch_script", None, "Path of the reference torch_throughput.py, run right after nin_jax."
 )
@@ -42,8 +47,6 @@ _TORCH_SCRIPT = flags.DEFINE_string(
 
 def dataset_spec(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
     """(image shape, number of classes) from the TFDS builder's metadata; needs no data."""
-    if config.dataset not in input_pipeline.KNOWN_DATASETS:
-        raise input_pipeline.DatasetError(f"unknown dataset {config.dataset!r}")
     features = tfds.builder(config.dataset, data_dir=config.data_dir).info.features
     return tuple(features["image"].shape), features["label"].num_classes
 
@@ -181,28 +184,17 @@ def run(
     return result
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: list[str]) -> None:
     config = _CONFIG.value
-    if config is None:
-        print("error: --config is required, e.g. --config=configs/cifar10.py", file=sys.stderr)
-        sys.exit(2)
     with config.unlocked():
         if _BATCH_SIZE.value is not None:
             config.batch_size = _BATCH_SIZE.value
         if _DTYPE.value is not None:
             config.dtype = _DTYPE.value
-    if _STEPS.value < 1 or _INPUT_BATCHES.value < 1 or config.batch_size < 1:
-        print("error: --steps, --input_batches and the batch size must be >= 1", file=sys.stderr)
-        sys.exit(2)
-    try:
-        result = run(
-            config, steps=_STEPS.value, warmup=_WARMUP.value, input_batches=_INPUT_BATCHES.value
-        )
-    except (ValueError, input_pipeline.DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    config_validation.validate(config)
+    result = run(
+        config, steps=_STEPS.value, warmup=_WARMUP.value, input_batches=_INPUT_BATCHES.value
+    )
     if _TORCH_SCRIPT.value:
         torch_ips = run_torch_reference(_TORCH_SCRIPT.value, config.batch_size, _STEPS.value)
         result["torch_train_images_per_sec"] = torch_ips
@@ -211,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

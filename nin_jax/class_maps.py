@@ -9,12 +9,14 @@ split are shown with their true class (framed in green); the predicted class's
 title is red. Writes WORKDIR/class_maps.png (or --output).
 """
 
-import argparse
 import os
 
 import numpy as np
+from absl import flags
 
-from nin_jax import input_pipeline, restore
+from nin_jax import cli, images, input_pipeline, restore
+
+FLAGS = flags.FLAGS
 
 CELL_INCHES = 1.2
 HEADER_INCHES = 0.6
@@ -92,31 +94,46 @@ def eval_examples(trained: restore.Trained, count: int, data_dir: str | None):
     return split.images[:count], [int(label) for label in split.labels[:count]]
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nin_jax.class_maps", description=__doc__)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--num_images", type=int, default=8, help="eval images when none given")
-    parser.add_argument("--max_maps", type=int, default=10, help="class maps shown per image")
-    parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data_dir)")
-    parser.add_argument("--output", help="PNG path (default: WORKDIR/class_maps.png)")
-    parser.add_argument("images", nargs="*", help="image files; default: eval examples")
-    args = parser.parse_args(argv)
-    if args.num_images < 1 or args.max_maps < 1:
-        parser.error("--num_images and --max_maps must be at least 1")
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("num_images", 8, "Eval images shown when none are given.", lower_bound=1)
+    flags.DEFINE_integer("max_maps", 10, "Class maps shown per image.", lower_bound=1)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the config's data_dir).")
+    flags.DEFINE_string("output", None, "PNG path (default: WORKDIR/class_maps.png).")
 
-    trained = restore.load(args.workdir, args.step)
-    if args.images:
-        images = np.stack([trained.info.read_image(path) for path in args.images])
-        labels: list[int | None] = [None] * len(images)
+
+def run(
+    workdir: str,
+    paths: list[str],
+    step: int | None = None,
+    num_images: int = 8,
+    max_maps: int = 10,
+    data_dir: str | None = None,
+    output: str | None = None,
+) -> str:
+    """Draws the class maps of ``paths`` (default: eval images); returns the PNG's path."""
+    trained = restore.load(workdir, step)
+    if paths:
+        pixels = np.stack([images.read_image(path, trained.info.image_shape) for path in paths])
+        labels: list[int | None] = [None] * len(pixels)
     else:
-        images, labels = eval_examples(trained, args.num_images, args.data_dir)
-    maps = trained.apply(images, method="class_maps").astype(np.float32)
-    output = args.output or os.path.join(args.workdir, "class_maps.png")
+        pixels, labels = eval_examples(trained, num_images, data_dir)
+    maps = trained.apply(pixels, method="class_maps").astype(np.float32)
+    output = output or os.path.join(workdir, "class_maps.png")
     title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
-    render(images, maps, labels, trained.info.class_names, args.max_maps, title, output)
+    render(pixels, maps, labels, trained.info.class_names, max_maps, title, output)
+    return output
+
+
+def main(argv: list[str]) -> None:
+    output = run(
+        FLAGS.workdir, argv[1:], FLAGS.step, FLAGS.num_images, FLAGS.max_maps, FLAGS.data_dir,
+        FLAGS.output,
+    )  # fmt: skip
     print(f"wrote {output}")
 
 
 if __name__ == "__main__":
-    restore.run_tool(main)
+    define_flags()
+    cli.run(main, positional=True, quiet=True)

@@ -7,13 +7,15 @@ prepared (or preparable) as for training. Writes WORKDIR/eval/step_<N>.json and
 WORKDIR/eval/confusion_step_<N>.png (or under --output_dir).
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
+from absl import flags
 
-from nin_jax import input_pipeline, restore
+from nin_jax import cli, input_pipeline, restore
+
+FLAGS = flags.FLAGS
 
 CELL_INCHES = 0.5  # Per class: the confusion matrix PNG grows with the class count.
 DPI = 100
@@ -70,47 +72,70 @@ def plot_confusion(matrix: np.ndarray, class_names, title: str, output: str) -> 
     plt.close(fig)
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nin_jax.evaluate", description=__doc__)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--split", help="TFDS split (default: the config's eval_split)")
-    parser.add_argument("--data_dir", help="TFDS data dir (default: the config's data_dir)")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--output_dir", help="default: WORKDIR/eval")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_string("split", None, "TFDS split (default: the config's eval_split).")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the config's data_dir).")
+    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", lower_bound=1)
+    flags.DEFINE_string("output_dir", None, "Where the JSON and PNG go (default: WORKDIR/eval).")
+    flags.DEFINE_bool("json", False, "Print the results as JSON.")
 
-    trained = restore.load(args.workdir, args.step)
+
+def run(
+    workdir: str,
+    step: int | None = None,
+    split: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    output_dir: str | None = None,
+) -> tuple[dict, str]:
+    """Evaluates ``workdir``'s checkpoint; returns the results and the title of their figure.
+
+    Writes ``output_dir/step_<N>.json`` and ``confusion_step_<N>.png`` (default: WORKDIR/eval).
+    """
+    trained = restore.load(workdir, step)
     config, info = trained.config, trained.info
-    split_name = args.split or config.eval_split
+    split_name = split or config.eval_split
     builder = input_pipeline.get_builder(
-        config.dataset, args.data_dir or config.data_dir, config.try_gcs
+        config.dataset, data_dir or config.data_dir, config.try_gcs
     )
-    split = input_pipeline.load_split(builder, split_name, drop_remainder=False)
-    predictions = trained.apply(split.images, batch_size=args.batch_size).argmax(-1)
-    matrix = confusion_matrix(split.labels, predictions, info.num_classes)
+    examples = input_pipeline.load_split(builder, split_name, drop_remainder=False)
+    predictions = trained.apply(examples.images, batch_size=batch_size).argmax(-1)
+    matrix = confusion_matrix(examples.labels, predictions, info.num_classes)
     results = summarize(matrix, info.class_names, split_name, trained.step)
 
-    output_dir = args.output_dir or os.path.join(args.workdir, "eval")
+    output_dir = output_dir or os.path.join(workdir, "eval")
     os.makedirs(output_dir, exist_ok=True)
-    json_path = os.path.join(output_dir, f"step_{trained.step}.json")
-    png_path = os.path.join(output_dir, f"confusion_step_{trained.step}.png")
-    with open(json_path, "w") as f:
+    with open(os.path.join(output_dir, f"step_{trained.step}.json"), "w") as f:
         json.dump(results, f, indent=2)
     title = (
         f"{config.dataset} {split_name}, step {trained.step}: error {100 * results['error']:.2f}%"
     )
-    plot_confusion(matrix, info.class_names, title, png_path)
+    plot_confusion(
+        matrix,
+        info.class_names,
+        title,
+        os.path.join(output_dir, f"confusion_step_{trained.step}.png"),
+    )
+    return results, title
 
-    if args.json:
+
+def main(argv: list[str]) -> None:
+    results, title = run(
+        FLAGS.workdir, FLAGS.step, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.output_dir
+    )
+    if FLAGS.json:
         print(json.dumps(results))
         return
     print(f"{title} ({results['examples']} examples)")
     for name, accuracy in results["per_class_accuracy"].items():
         print(f"  {name:>16}: {100 * accuracy:6.2f}% correct")
-    print(f"wrote {json_path} and {png_path}")
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "eval")
+    step = results["step"]
+    print(f"wrote step_{step}.json and confusion_step_{step}.png in {output_dir}")
 
 
 if __name__ == "__main__":
-    restore.run_tool(main)
+    define_flags()
+    cli.run(main, quiet=True)

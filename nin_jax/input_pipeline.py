@@ -22,19 +22,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import nin_jax.datasets  # noqa: F401  (registers the embedded `digits` builder)
+import nin_jax.datasets.digits  # noqa: F401  (registers the embedded `digits` builder)
+from nin_jax.config_validation import DATASETS
+from nin_jax.errors import DatasetError
 
 # TF is only the input pipeline here: it must never take an accelerator from JAX.
 tf.config.set_visible_devices([], "GPU")
 tf.config.set_visible_devices([], "TPU")
 
-KNOWN_DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn_cropped")
+KNOWN_DATASETS = DATASETS
 Batch = dict[str, np.ndarray]
 _LOAD_CHUNK = 16384  # Examples per tf.data batch when reading a split into memory.
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used as configured (unknown, unprepared, bad split)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +48,9 @@ class Split:
 
 def get_builder(name: str, data_dir: str | None, try_gcs: bool = False):
     """The prepared TFDS builder of ``name``; prepares it if needed (offline for ``digits``)."""
-    if name not in KNOWN_DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+    known = KNOWN_DATASETS + nin_jax.datasets.digits.CONFIG_NAMES
+    if name not in known:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(known)}")
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
     try:
         builder.download_and_prepare()
@@ -135,9 +134,6 @@ def crop_flip(
     return tf.where(flip[:, None, None, None], tf.reverse(cropped, [2]), cropped)
 
 
-AUGMENTATIONS = ("none", "crop_flip")
-
-
 def local_batch_size(global_batch_size: int) -> int:
     processes = jax.process_count()
     if global_batch_size % jax.device_count():
@@ -172,10 +168,6 @@ def train_batches(
     it, drawn for the whole global batch from (seed, step), so batches do not
     depend on the number of processes.
     """
-    if augment not in AUGMENTATIONS:
-        raise ValueError(
-            f"config.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}"
-        )
     batch_size = local_batch_size(global_batch_size)
     per_epoch = steps_per_epoch(split, global_batch_size)
     if per_epoch == 0:

@@ -1,22 +1,24 @@
 """Command line entry point: parses flags and calls ``train.train_and_evaluate``.
 
   python -m nin_jax.main --config=configs/svhn.py --workdir=/tmp/nin_svhn \\
-      [--config.batch_size=64 ...]
+      [--config.batch_size=64 ...] [--config.model.init_std=None ...]
 
 Several hosts: the same command on every host, plus ``--distributed`` (Cloud TPU
 pod slices, SLURM, Open MPI, Kubernetes: JAX finds the other processes) or
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
-Exit codes: 0 done, 2 bad input, 143 stopped on SIGTERM after saving a checkpoint.
+Exit codes: 0 done, 2 bad input, 130 stopped by Ctrl-C and 143 by SIGTERM (both
+after saving a checkpoint; rerun the same command to resume).
 """
 
 import logging as std_logging
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from nin_jax import cli, config_validation
+
 # JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
-# command line has been checked, so that a mistake in it is reported at once.
+# command line and the config have been checked, so that a mistake is reported at once.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -42,31 +44,6 @@ flags.DEFINE_list(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with config-override mistakes reported in one line instead of a traceback."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(f"{e}\nPass --helpshort to see the flags.")
-    except (AttributeError, KeyError) as e:  # ml_collections: no such config field.
-        field = str(e).strip("'\"")
-        fail(
-            f"unknown config field {field!r} in an override; see configs/default.py for the fields"
-        )
-    except OSError as e:  # ml_collections: the config file cannot be loaded.
-        fail_config_file(e)
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def fail_config_file(error: OSError) -> None:
-    reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
-    fail(f"cannot load the config file: {reason}")
-
-
 def distributed_arguments() -> dict | None:
     """``jax.distributed.initialize``'s arguments from the flags; ``None``: a single process."""
     explicit = {
@@ -79,10 +56,10 @@ def distributed_arguments() -> dict | None:
     if not FLAGS.distributed and not given:
         return None
     if given and FLAGS.coordinator_address is None and not FLAGS.distributed:
-        fail(f"--{next(iter(given))} needs --coordinator_address (or use --distributed alone)")
+        cli.fail(f"--{next(iter(given))} needs --coordinator_address (or use --distributed alone)")
     if FLAGS.process_id is not None and FLAGS.num_processes is not None:
         if FLAGS.process_id >= FLAGS.num_processes:
-            fail(f"--process_id={FLAGS.process_id} must be below --num_processes")
+            cli.fail(f"--process_id={FLAGS.process_id} must be below --num_processes")
     return given
 
 
@@ -93,7 +70,7 @@ def initialize_distributed(arguments: dict) -> None:
     try:
         jax.distributed.initialize(**arguments)
     except (ValueError, RuntimeError) as e:
-        fail(f"cannot start the JAX distributed runtime: {e}")
+        cli.fail(f"cannot start the JAX distributed runtime: {e}")
     if jax.process_index() != 0:  # One log for the whole run: process 0's.
         logging.set_verbosity(logging.WARNING)
 
@@ -106,33 +83,18 @@ def quiet_library_logs() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = FLAGS.config
+    config_validation.validate(config)
     distributed = distributed_arguments()
-    try:
-        config = FLAGS.config
-        config.to_dict()  # ml_collections defers config-file load errors to first use.
-    except OSError as e:
-        fail_config_file(e)
     if distributed is not None:
         initialize_distributed(distributed)
     quiet_library_logs()
 
     import jax
 
-    from nin_jax import input_pipeline, preemption, train
+    from nin_jax import train
 
-    # Errors a user can fix from the command line: reported as one line, exit code 2.
-    user_errors = (input_pipeline.DatasetError, train.TrainingError, ValueError)
-    try:
-        _, results = train.train_and_evaluate(config, FLAGS.workdir)
-    except user_errors as e:
-        logging.flush()
-        fail(str(e))
-    except preemption.Preempted as e:
-        logging.flush()
-        print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(preemption.EXIT_CODE_PREEMPTED)
+    _, results = train.train_and_evaluate(config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(
             f"{config.dataset}: test accuracy {results['test_accuracy']:.2%} "
@@ -142,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -35,7 +35,8 @@ Dtype = Any
 # last block lists two widths only.
 CIFAR_WIDTHS = ((192, 160, 96), (192, 192, 192), (192, 192))
 CIFAR_KERNELS = (5, 5, 3)
-# The paper's per-dataset networks (PAPER_NOTES.md): name -> (widths, kernel_sizes).
+# The paper's per-dataset networks (its Tables and the authors' definitions; see
+# docs/RECIPES.md): name -> (widths, kernel_sizes).
 # Parameters: cifar 966,986 (3 channels in, 10 classes), svhn 1,986,026, mnist 349,674.
 VARIANTS = {
     "cifar": (CIFAR_WIDTHS, CIFAR_KERNELS),
@@ -43,6 +44,12 @@ VARIANTS = {
     "mnist": (((96, 64, 48), (128, 96, 48), (128, 96)), (5, 5, 5)),
 }
 HEADS = ("gap", "fc", "fc_dropout")
+# Fan-in-scaled kernel initialisers (``NIN.kernel_init``): LeCun's keeps the variance of a
+# linear layer's output, He's (2x the variance) that of a layer followed by ReLU.
+KERNEL_INITS = {
+    "lecun_normal": nn.initializers.lecun_normal,
+    "he_normal": nn.initializers.he_normal,
+}
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -103,6 +110,10 @@ class MlpConv(nn.Module):
     conv_impl: str = "xla"
     dtype: Dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    # The initialisation of the block's last layer (cccp2): its kernel's (None: as the
+    # others) and its bias (the others' start at 0).
+    last_kernel_init: nn.initializers.Initializer | None = None
+    last_bias: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -114,7 +125,12 @@ class MlpConv(nn.Module):
                 kernel_size,
                 conv_impl=self.conv_impl,
                 dtype=self.dtype,
-                kernel_init=self.kernel_init,
+                kernel_init=(
+                    self.last_kernel_init
+                    if name == "cccp2" and self.last_kernel_init is not None
+                    else self.kernel_init
+                ),
+                bias_init=nn.initializers.constant(self.last_bias if name == "cccp2" else 0.0),
                 name=name,
             )
             x = nn.relu(conv(x))
@@ -134,8 +150,14 @@ class NIN(nn.Module):
         for the paper's ablation, 'fc' (the class maps flattened into one dense
         layer, ``h*w*C*C + C`` more parameters) or 'fc_dropout' (the same with
         dropout ``dropout_rate`` before the dense layer).
-      init_std: ``None`` for LeCun-normal kernels (Flax's default), or the std of
-        the authors' Gaussian initialisation (0.05 in their cuda-convnet code).
+      kernel_init: the fan-in-scaled kernel initialiser, a key of ``KERNEL_INITS``
+        ('lecun_normal', Flax's default, or 'he_normal'); ignored when ``init_std``
+        is set.
+      init_std: ``None`` for ``kernel_init``, or the std of a fixed Gaussian
+        initialisation of every kernel (0.05 in the authors' cuda-convnet code).
+      class_init_std: ``None`` to initialise the class layer's kernel as the
+        others, or the std of its Gaussian initialisation (0: zeros).
+      class_bias: the initial bias of the class layer (the last cccp layer).
       conv_impl: 'auto', 'xla' or 'matmul' (see the module docstring).
       dtype: computation dtype; parameters stay float32.
     """
@@ -145,7 +167,10 @@ class NIN(nn.Module):
     kernel_sizes: Sequence[int] = CIFAR_KERNELS
     dropout_rate: float = 0.5
     head: str = "gap"
+    kernel_init: str = "lecun_normal"
     init_std: float | None = None
+    class_init_std: float | None = None
+    class_bias: float = 0.0
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
@@ -154,10 +179,17 @@ class NIN(nn.Module):
             raise ValueError("widths and kernel_sizes need one entry per block")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.kernel_init not in KERNEL_INITS:
+            raise ValueError(
+                f"kernel_init must be one of {', '.join(KERNEL_INITS)}, got {self.kernel_init!r}"
+            )
         kernel_init = (
-            nn.initializers.lecun_normal()
+            KERNEL_INITS[self.kernel_init]()
             if self.init_std is None
             else nn.initializers.normal(self.init_std)
+        )
+        class_kernel_init = (
+            None if self.class_init_std is None else nn.initializers.normal(self.class_init_std)
         )
         impl = resolve_conv_impl(self.conv_impl)
         last = len(self.widths) - 1
@@ -168,6 +200,8 @@ class NIN(nn.Module):
                 conv_impl=impl,
                 dtype=self.dtype,
                 kernel_init=kernel_init,
+                last_kernel_init=class_kernel_init if i == last else None,
+                last_bias=self.class_bias if i == last else 0.0,
                 name=f"mlpconv{i + 1}",
             )
             for i, (widths, kernel_size) in enumerate(
@@ -180,12 +214,18 @@ class NIN(nn.Module):
             self.fc = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
 
     def class_maps(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """The last mlpconv block's output: one non-negative map per class, (N, h, w, C)."""
-        for block in self.blocks[:-1]:
+        """The last mlpconv block's output: one non-negative map per class, (N, h, w, C).
+
+        Each block's output is appended to ``intermediates['block_outputs']``, kept
+        only when that collection is mutable (the health metrics of nin_jax.steps).
+        """
+        for block in self.blocks:
             x = block(x)
-            x = max_pool_3x3_s2(x, self._pool_impl)
-            x = self.dropout(x, deterministic=not train)
-        return self.blocks[-1](x)
+            self.sow("intermediates", "block_outputs", x)
+            if block is not self.blocks[-1]:
+                x = max_pool_3x3_s2(x, self._pool_impl)
+                x = self.dropout(x, deterministic=not train)
+        return x
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits (N, num_classes), float32, from NHWC images of any spatial size."""

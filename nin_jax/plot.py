@@ -3,13 +3,17 @@
 python -m nin_jax.plot --workdir=/tmp/nin_digits [--output=curves.png]
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
+from absl import flags
 
-from nin_jax import restore
+from nin_jax import cli, reporting
+from nin_jax import workdir as workdir_lib
+from nin_jax.errors import WorkdirError
+
+FLAGS = flags.FLAGS
 
 FIGSIZE = (10.0, 7.0)  # inches; with DPI this fixes the PNG's pixel size.
 DPI = 100
@@ -18,7 +22,7 @@ DPI = 100
 def read_metrics(path: str) -> dict[str, dict[int, dict[str, float]]]:
     """{split: {step: scalars}}; a step logged twice (a resumed run) keeps its last record."""
     if not os.path.exists(path):
-        raise restore.WorkdirError(f"{path} is missing: train first (python -m nin_jax.main)")
+        raise WorkdirError(f"{path} is missing: train first (python -m nin_jax.main)")
     curves: dict[str, dict[int, dict[str, float]]] = {}
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -28,9 +32,9 @@ def read_metrics(path: str) -> dict[str, dict[int, dict[str, float]]]:
                 record = json.loads(line)
                 curves.setdefault(record.pop("split"), {})[int(record.pop("step"))] = record
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise restore.WorkdirError(f"{path}:{number} is not a metrics record") from None
+                raise WorkdirError(f"{path}:{number} is not a metrics record") from None
     if not curves:
-        raise restore.WorkdirError(f"{path} holds no metrics yet")
+        raise WorkdirError(f"{path} holds no metrics yet")
     return curves
 
 
@@ -80,17 +84,24 @@ def render(curves: dict[str, dict[int, dict[str, float]]], title: str, output: s
     plt.close(fig)
 
 
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+    flags.DEFINE_string("output", None, "PNG path (default: WORKDIR/curves.png).")
+
+
+def run(workdir: str, output: str | None = None) -> str:
+    """Draws ``workdir``'s curves; returns the PNG's path (default: WORKDIR/curves.png)."""
+    output = output or os.path.join(workdir, "curves.png")
+    curves = read_metrics(os.path.join(workdir, reporting.METRICS_FILE))
+    config = workdir_lib.load_config(workdir)
+    render(curves, f"NIN on {config.dataset} ({workdir})", output)
+    return output
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nin_jax.plot", description=__doc__)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--output", help="PNG path (default: WORKDIR/curves.png)")
-    args = parser.parse_args(argv)
-    output = args.output or os.path.join(args.workdir, "curves.png")
-    curves = read_metrics(os.path.join(args.workdir, "metrics.jsonl"))
-    config = restore.load_config(args.workdir)
-    render(curves, f"NIN on {config.dataset} ({args.workdir})", output)
-    print(f"wrote {output}")
+    print(f"wrote {run(FLAGS.workdir, FLAGS.output)}")
 
 
 if __name__ == "__main__":
-    restore.run_tool(main)
+    define_flags()
+    cli.run(main, quiet=True)

@@ -7,12 +7,14 @@ and resized (bilinear) to their size, then normalised with the training set's
 per-channel mean and std (WORKDIR/dataset.json). No dataset access is needed.
 """
 
-import argparse
 import json
 
 import numpy as np
+from absl import flags
 
-from nin_jax import restore
+from nin_jax import cli, images, restore
+
+FLAGS = flags.FLAGS
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -30,34 +32,41 @@ def top_k(probabilities: np.ndarray, class_names, k: int) -> list[dict]:
 
 
 def predict(trained: restore.Trained, paths: list[str], k: int) -> list[dict]:
-    images = np.stack([trained.info.read_image(path) for path in paths])
-    probabilities = softmax(trained.apply(images).astype(np.float64))
+    pixels = np.stack([images.read_image(path, trained.info.image_shape) for path in paths])
+    probabilities = softmax(trained.apply(pixels).astype(np.float64))
     return [
         {"file": path, "top_k": top_k(p, trained.info.class_names, k)}
         for path, p in zip(paths, probabilities, strict=True)
     ]
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nin_jax.predict", description=__doc__)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--top_k", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error("--top_k must be at least 1")
+def format_lines(results: list[dict]) -> list[str]:
+    """One line per image: ``file: name probability, ...``, most probable first."""
+    return [
+        f"{r['file']}: " + ", ".join(f"{p['name']} {p['probability']:.3f}" for p in r["top_k"])
+        for r in results
+    ]
 
-    trained = restore.load(args.workdir, args.step)
-    results = predict(trained, args.images, min(args.top_k, trained.info.num_classes))
-    if args.json:
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("top_k", 5, "Classes shown per image.", lower_bound=1)
+    flags.DEFINE_bool("json", False, "Print the results as JSON.")
+
+
+def main(argv: list[str]) -> None:
+    paths = argv[1:]
+    if not paths:
+        cli.fail("give at least one image file: python -m nin_jax.predict --workdir=DIR a.png")
+    trained = restore.load(FLAGS.workdir, FLAGS.step)
+    results = predict(trained, paths, min(FLAGS.top_k, trained.info.num_classes))
+    if FLAGS.json:
         print(json.dumps({"step": trained.step, "predictions": results}, indent=2))
         return
-    for result in results:
-        ranked = ", ".join(f"{p['name']} {p['probability']:.3f}" for p in result["top_k"])
-        print(f"{result['file']}: {ranked}")
+    print("\n".join(format_lines(results)))
 
 
 if __name__ == "__main__":
-    restore.run_tool(main)
+    define_flags()
+    cli.run(main, positional=True, quiet=True)

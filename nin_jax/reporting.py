@@ -17,9 +17,8 @@ import jax
 import numpy as np
 from absl import logging
 
-TRAIN_SCALARS = (
-    "loss", "accuracy", "error", "learning_rate", "images_per_sec", "grad_norm", "param_norm",
-)  # fmt: skip
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 EVAL_SCALARS = ("loss", "accuracy", "error")
 _BAR_WIDTH = 24
 _REDRAW_SECONDS = 0.2
@@ -33,12 +32,17 @@ def format_duration(seconds: float) -> str:
 def window_scalars(
     window: Sequence[dict[str, Any]], learning_rate: float, images_per_sec: float
 ) -> dict[str, float]:
-    """The train scalars of one log window: per-step metrics averaged over its steps."""
-    means = {key: float(np.mean([m[key] for m in window])) for key in window[0]}
-    means["error"] = 1.0 - means["accuracy"]
-    means["learning_rate"] = float(learning_rate)
-    means["images_per_sec"] = float(images_per_sec)
-    return {key: means[key] for key in TRAIN_SCALARS if key in means}
+    """The train scalars of one log window: each scalar metric averaged over its steps
+    (vector metrics, such as the per-class ones, are left to their consumers)."""
+    scalars = {
+        key: float(np.mean([m[key] for m in window]))
+        for key in window[0]
+        if np.ndim(window[0][key]) == 0
+    }
+    scalars["error"] = 1.0 - scalars["accuracy"]
+    scalars["learning_rate"] = float(learning_rate)
+    scalars["images_per_sec"] = float(images_per_sec)
+    return scalars
 
 
 class MetricsWriter:
@@ -51,8 +55,8 @@ class MetricsWriter:
     def __init__(self, workdir: str):
         from clu import metric_writers  # Imports TensorFlow summaries: only where used.
 
-        self._summary = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._summary = metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
 
     def write(self, split: str, step: int, scalars: dict[str, float]) -> None:
         record = {"split": split, "step": int(step), "time": round(time.time(), 3), **scalars}
@@ -166,6 +170,13 @@ class Reporter:
         )  # fmt: skip
 
     def close(self) -> None:
-        if self.active:
+        if self.active and self._writer is not None:
             self._clear_bar()
             self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

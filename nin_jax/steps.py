@@ -16,6 +16,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nin_jax import health
 from nin_jax.models import NIN
 
 
@@ -46,16 +47,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a global batch; dropout randomness is a function of (rng, step)."""
+    """One SGD step on a global batch; dropout randomness is a function of (rng, step).
+
+    Metrics: scalars ``loss``, ``accuracy``, ``grad_norm``, ``param_norm`` and
+    the health metrics of ``nin_jax.health.train_metrics`` (of this step's
+    forward pass and gradients), among them the vector ``dead_classes``.
+    """
     step_rng = jax.random.fold_in(dropout_rng, state.step)
 
     def loss_fn(params):
-        logits = state.apply_fn(
-            {"params": params}, batch["image"], train=True, rngs={"dropout": step_rng}
+        logits, variables = state.apply_fn(
+            {"params": params},
+            batch["image"],
+            train=True,
+            rngs={"dropout": step_rng},
+            mutable=["intermediates"],
         )
-        return cross_entropy(logits, batch["label"]).mean(), logits
+        outputs = variables["intermediates"]["block_outputs"]
+        return cross_entropy(logits, batch["label"]).mean(), (logits, outputs)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return new_state, {
@@ -63,6 +74,7 @@ def train_step(
         "accuracy": accuracy,
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(new_state.params),
+        **health.train_metrics(outputs, grads),
     }
 
 

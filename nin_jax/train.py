@@ -1,17 +1,24 @@
-"""Training and evaluation: one jitted step over a 1-D 'data' device mesh, Orbax checkpoints.
+"""The training loop: ``train_and_evaluate(config, workdir)``.
 
-The batch is sharded along the mesh axis 'data' and the train state is
-replicated; XLA inserts the gradient all-reduce. The same code runs on one CPU,
-on several devices of one host and on many hosts (after
-``jax.distributed.initialize``).
+It validates the config, takes the workdir's lock, loads the data, builds the
+model, optimizer and jitted steps (``nin_jax.steps``), resumes from the newest
+checkpoint, and trains. Periodic work (log, evaluate, checkpoint, profile) is a
+list of ``clu.periodic_actions`` run after every step; the step's metrics stay
+on the device until a log point or a checkpoint needs them, and each window of
+them is fetched and checked for NaN/Inf once. Every way out (done, error,
+preemption, Ctrl-C) leaves through one ``ExitStack`` that closes the checkpoint
+manager (waiting for its saves), the metrics writers, the signal handlers, the
+profiler and the lock.
 """
 
+import contextlib
+import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -20,42 +27,101 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from clu import periodic_actions
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nin_jax import (
+    checkpointing,
+    config_validation,
     input_pipeline,
     models,
     optimizer,
-    preemption,
     preprocessing,
+    profiling,
     reporting,
-    restore,
+    shutdown,
     splits,
     steps,
 )  # fmt: skip
+from nin_jax import workdir as workdir_lib
+from nin_jax.errors import DatasetError, TrainingError
 from nin_jax.steps import TrainState
 
 Metrics = dict[str, float]
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (bad workdir, non-finite loss, ...); the message says why."""
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """What a run trains and evaluates on, as this process holds it."""
+
+    train: input_pipeline.Split  # the whole training split
+    eval: input_pipeline.Split  # this process's part of the evaluation split
+    eval_total: int  # examples of the evaluation split over all processes
+    info: workdir_lib.DatasetInfo
+    preprocess: preprocessing.Preprocess
 
 
-def create_preprocess(
-    config: ml_collections.ConfigDict, builder, train_split: input_pipeline.Split
-) -> tuple[preprocessing.Preprocess, dict[str, np.ndarray]]:
-    """``config.preprocess`` fitted on the training examples (ZCA cached next to the data),
-    and its fitted statistics."""
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long the run is and when its periodic work happens, in steps."""
+
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, train_examples: int) -> "Schedule":
+        per_epoch = train_examples // config.batch_size
+        if per_epoch == 0:
+            raise DatasetError(
+                f"{config.train_split!r} has {train_examples} examples, fewer than one batch "
+                f"of {config.batch_size}"
+            )
+        total = config.num_train_steps
+        if total < 0:
+            total = math.ceil(config.num_epochs * per_epoch)
+        eval_every = config.eval_every_steps if config.eval_every_steps > 0 else per_epoch
+        return cls(total_steps=total, steps_per_epoch=per_epoch, eval_every=eval_every)
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    """The splits of ``config`` and its preprocessing fitted on the training split."""
+    builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
+    train_split, eval_split = splits.load_train_and_eval(config, builder)
     split_name = config.train_split + ("-validation" if config.validation else "")
-    root = config.data_dir or builder.data_dir_root
-    stats_file = preprocessing.stats_path(root, config.dataset, split_name)
+    stats_file = preprocessing.stats_path(
+        config.data_dir or builder.data_dir_root, config.dataset, split_name
+    )
     params = preprocessing.fit(config.preprocess, train_split, stats_file)
-    return preprocessing.from_params(config.preprocess, params), params
+    info = workdir_lib.DatasetInfo(
+        dataset=config.dataset,
+        class_names=tuple(builder.info.features["label"].names),
+        image_shape=tuple(int(d) for d in train_split.images.shape[1:]),
+        preprocess=config.preprocess,
+        preprocess_params=params,
+    )
+    return Data(
+        train=train_split,
+        eval=eval_split,
+        eval_total=total_over_processes(len(eval_split)),
+        info=info,
+        preprocess=preprocessing.from_params(config.preprocess, params),
+    )
 
 
-def evaluate(jit_eval: Callable, state: TrainState, batches, mesh) -> Metrics:
+def total_over_processes(count: int) -> int:
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.array(count))))
+
+
+def evaluate(
+    state: TrainState, jit_eval: Callable, batches: Iterator[input_pipeline.Batch], mesh
+) -> Metrics:
+    """Loss, accuracy and error of ``state`` over every example of ``batches`` (padding masked)."""
     totals = None
     for batch in batches:
         sums = jit_eval(state, steps.to_global(batch, mesh))
@@ -71,79 +137,43 @@ def evaluate(jit_eval: Callable, state: TrainState, batches, mesh) -> Metrics:
     }
 
 
-def total_over_processes(count: int) -> int:
-    if jax.process_count() == 1:
-        return count
-    from jax.experimental import multihost_utils
+class MetricsWindow:
+    """The per-step metrics since the last log point: on the device until asked for.
 
-    return int(np.sum(multihost_utils.process_allgather(np.array(count))))
-
-
-def check_workdir(workdir: str) -> None:
-    """Fails early, with one clear line, when ``workdir`` cannot hold checkpoints."""
-    if "://" in workdir:  # gs:// and other remote paths: let Orbax/TF check them.
-        return
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"workdir {workdir!r} is not writable: {e.strerror}") from e
-
-
-def create_checkpoint_manager(
-    workdir: str, config: ml_collections.ConfigDict
-) -> ocp.CheckpointManager:
-    directory = workdir if "://" in workdir else os.path.abspath(workdir)
-    # Temporary directories of a save cut short (SIGKILL) are never restored; remove them.
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.max_checkpoints, create=True, cleanup_tmp_directories=True
-    )
-    return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options)
-
-
-def restore_or_keep(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """The newest readable checkpoint restored onto ``state``'s shardings, or ``state`` if none.
-
-    The shardings come from ``state``, not from the checkpoint, so a run saved
-    on N devices resumes on any other number. Newer steps that cannot be read
-    (a save cut short on a file system without atomic renames, e.g. gcsfuse) are
-    deleted once an older one restores, to be trained and saved again; if none
-    restores (e.g. the config changed), nothing is deleted.
+    ``host(step)`` fetches what has not been fetched yet (once) and checks it
+    for NaN/Inf; ``pop`` hands the window to the reporter and starts a new one.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    unreadable = []
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as e:  # Orbax, TensorStore and the file system raise many types.
-            unreadable.append((step, e))
-            continue
-        for bad_step, error in unreadable:
-            logging.warning("Deleting the unreadable checkpoint at step %d: %s", bad_step, error)
-            manager.delete(bad_step)
-        logging.info("Resuming from the checkpoint at step %d.", step)
-        return restored
-    if unreadable:
-        step, error = unreadable[0]
-        raise TrainingError(
-            f"no checkpoint in {manager.directory} can be restored: the newest (step {step}) "
-            f"does not fit this config's model ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}); use another workdir"
-        ) from error
-    return state
+
+    def __init__(self, workdir: str):
+        self._workdir = workdir
+        self._pending: list[dict[str, jax.Array]] = []
+        self._fetched: list[dict[str, np.ndarray]] = []
+
+    def append(self, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append(metrics)
+
+    def host(self, step: int) -> list[dict[str, np.ndarray]]:
+        if self._pending:
+            fetched = jax.device_get(self._pending)
+            self._pending = []
+            check_finite(fetched, step, self._workdir)
+            self._fetched.extend(fetched)
+        return self._fetched
+
+    def pop(self, step: int) -> list[dict[str, np.ndarray]]:
+        window = self.host(step)
+        self._fetched = []
+        return window
 
 
-def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) -> None:
+def check_finite(window: list[dict[str, Any]], step: int, workdir: str) -> None:
     """Stops training on a NaN/Inf loss before anything is saved from that state.
 
     The parameters' norm is checked too: a step's loss is computed before its
     update, so a diverging update shows there one step before it shows in the loss.
     """
     for key, name in (("param_norm", "the parameters' norm"), ("loss", "loss")):
-        values = np.array([m[key] for m in window_metrics])
+        values = np.array([m[key] for m in window])
         if not np.all(np.isfinite(values)):
             raise TrainingError(
                 f"{name} became {values[~np.isfinite(values)][0]} by step {step}; "
@@ -151,131 +181,125 @@ def check_finite(window_metrics: list[dict[str, Any]], step: int, workdir: str) 
             )
 
 
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-
-
-def stop_after_preemption(
-    manager: ocp.CheckpointManager, watcher: preemption.PreemptionWatcher, step: int
-) -> None:
-    """Waits for the checkpoint of ``step`` to be written, then raises ``Preempted``."""
-    manager.wait_until_finished()
-    manager.close()
-    watcher.close()
-    logging.warning("Preempted: saved the checkpoint of step %d; exiting.", step)
-    raise preemption.Preempted(step)
+def periodic(every: int, last_step: int, callback: Callable) -> periodic_actions.PeriodicCallback:
+    """``callback(step=..., t=..., state=...)`` every ``every`` steps and at the last step."""
+    return periodic_actions.PeriodicCallback(
+        every_steps=every, on_steps=[last_step], callback_fn=callback
+    )
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
-) -> tuple[TrainState, Metrics]:
-    """Trains ``config`` (resuming from ``workdir``'s latest checkpoint), evaluates, saves.
+) -> tuple[TrainState, dict[str, Any]]:
+    """Trains ``config`` (resuming from ``workdir``'s newest checkpoint), evaluates, saves.
 
-    Returns the final state and the final evaluation metrics, which are also
-    written to ``workdir/results.json``.
+    Returns the final state and the results, also written to ``workdir/results.json``.
     """
-    check_workdir(workdir)
-    restore.check_compatible(workdir, config)
-    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    config_validation.validate(config)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(workdir_lib.WorkdirLock(workdir))
+        workdir_lib.check_compatible(workdir, config)
+        workdir_lib.write_config(workdir, config)
+        data = load_data(config)
+        workdir_lib.write_dataset_info(workdir, data.info)
+        schedule = Schedule.from_config(config, len(data.train))
 
-    builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
-    train_split, eval_split = splits.load_train_and_eval(config, builder)
-    eval_total = total_over_processes(len(eval_split))
-    preprocess, preprocess_params = create_preprocess(config, builder, train_split)
-    restore.write_dataset_info(
-        workdir, builder.info.features["label"].names, train_split.images.shape[1:],
-        config.dataset, config.preprocess, preprocess_params,
-    )  # fmt: skip
-
-    steps_per_epoch = input_pipeline.steps_per_epoch(train_split, config.batch_size)
-    if steps_per_epoch == 0:
-        raise input_pipeline.DatasetError(
-            f"{config.train_split!r} has fewer examples than one batch of {config.batch_size}"
+        mesh = steps.create_mesh()
+        model = models.from_config(config, data.info.num_classes)
+        learning_rate_fn = optimizer.create_learning_rate_fn(
+            config, schedule.steps_per_epoch, schedule.total_steps
         )
-    total_steps = config.num_train_steps
-    if total_steps < 0:
-        total_steps = math.ceil(config.num_epochs * steps_per_epoch)
-    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-    num_eval_batches = input_pipeline.num_eval_batches(eval_total, config.batch_size)
-
-    mesh = steps.create_mesh()
-    model = models.from_config(config, input_pipeline.num_classes(builder))
-    learning_rate_fn = optimizer.create_learning_rate_fn(config, steps_per_epoch, total_steps)
-    tx = optimizer.create_optimizer(config, learning_rate_fn)
-    params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    init = jax.jit(
-        functools.partial(
-            steps.create_train_state,
-            model=model,
-            image_shape=train_split.images.shape[1:],
-            optimizer=tx,
-        ),
-        out_shardings=NamedSharding(mesh, P()),
-    )
-    manager = create_checkpoint_manager(workdir, config)
-    state = restore_or_keep(manager, init(params_rng))
-    start_step = int(state.step)
-    jit_train, jit_eval = steps.compile_steps(mesh)
-
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info(
-        "%s: %d train / %d eval examples, %d classes, %d parameters, %d devices, "
-        "%d steps (%d per epoch), starting at step %d.",
-        config.dataset, len(train_split), eval_total, model.num_classes, num_params,
-        jax.device_count(), total_steps, steps_per_epoch, start_step,
-    )  # fmt: skip
-
-    def eval_now() -> Metrics:
-        batches = input_pipeline.eval_batches(
-            eval_split, global_batch_size=config.batch_size, preprocess=preprocess,
-            num_batches=num_eval_batches,
+        tx = optimizer.create_optimizer(config, learning_rate_fn)
+        params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+        init = jax.jit(
+            functools.partial(
+                steps.create_train_state, model=model, image_shape=data.info.image_shape,
+                optimizer=tx,
+            ),
+            out_shardings=NamedSharding(mesh, P()),
         )  # fmt: skip
-        return evaluate(jit_eval, state, batches, mesh)
+        manager = stack.enter_context(checkpointing.create_manager(workdir, config))
+        state = checkpointing.restore_or_keep(manager, init(params_rng))
+        start_step = int(state.step)
+        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        logging.info(
+            "%s: %d train / %d eval examples, %d classes, %d parameters, %d devices, "
+            "%d steps (%d per epoch), starting at step %d.",
+            config.dataset, len(data.train), data.eval_total, data.info.num_classes, num_params,
+            jax.device_count(), schedule.total_steps, schedule.steps_per_epoch, start_step,
+        )  # fmt: skip
 
-    batches = input_pipeline.train_batches(
-        train_split, global_batch_size=config.batch_size, preprocess=preprocess,
-        seed=config.seed, start_step=start_step, augment=config.augment,
-    )  # fmt: skip
-    reporter = reporting.Reporter(
-        workdir, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-        batch_size=config.batch_size, start_step=start_step,
-    )  # fmt: skip
-    train_start = time.perf_counter()
-    window_metrics = []
-    eval_metrics: Metrics | None = None
-    watcher = preemption.PreemptionWatcher()
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = jit_train(state, steps.to_global(next(batches), mesh), dropout_rng)
-        window_metrics.append(metrics)
-        reporter.tick(step)
-        preempted = watcher.reached(step)
-        should_save = preempted or step % config.checkpoint_every_steps == 0 or step == total_steps
-        if should_save:  # Never save a state whose loss went non-finite.
-            check_finite(jax.device_get(window_metrics), step, workdir)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            window_metrics = jax.device_get(window_metrics)
-            check_finite(window_metrics, step, workdir)
-            reporter.train(step, window_metrics, float(learning_rate_fn(step - 1)))
-            window_metrics = []
-        if not preempted and (step % eval_every == 0 or step == total_steps):
-            eval_metrics = eval_now()
-            reporter.eval(step, eval_metrics)
-        if should_save:
-            manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
-        if preempted:
-            reporter.close()
-            stop_after_preemption(manager, watcher, step)
-    watcher.close()
-    train_seconds = time.perf_counter() - train_start
-    manager.wait_until_finished()
-    manager.close()
-    reporter.close()
+        reporter = stack.enter_context(
+            reporting.Reporter(
+                workdir,
+                total_steps=schedule.total_steps,
+                steps_per_epoch=schedule.steps_per_epoch,
+                batch_size=config.batch_size,
+                start_step=start_step,
+            )  # fmt: skip
+        )
+        jit_train, jit_eval = steps.compile_steps(mesh)
+        num_eval_batches = input_pipeline.num_eval_batches(data.eval_total, config.batch_size)
 
-    if eval_metrics is None:  # Nothing left to train: the workdir already holds the final step.
-        eval_metrics = eval_now()
-    steps_run = total_steps - start_step
+        def evaluate_state(state: TrainState) -> Metrics:
+            batches = input_pipeline.eval_batches(
+                data.eval, global_batch_size=config.batch_size, preprocess=data.preprocess,
+                num_batches=num_eval_batches,
+            )  # fmt: skip
+            return evaluate(state, jit_eval, batches, mesh)
+
+        window = MetricsWindow(workdir)
+
+        def log(step: int, t: float, state: TrainState) -> None:
+            reporter.train(step, window.pop(step), float(learning_rate_fn(step - 1)))
+
+        def evaluate_and_report(step: int, t: float, state: TrainState) -> Metrics:
+            metrics = evaluate_state(state)
+            reporter.eval(step, metrics)
+            return metrics
+
+        def save(step: int, t: float, state: TrainState, force: bool = False) -> None:
+            window.host(step)  # Never save a state whose loss went non-finite.
+            manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+        eval_action = periodic(schedule.eval_every, schedule.total_steps, evaluate_and_report)
+        actions = [
+            periodic(config.log_every_steps, schedule.total_steps, log),
+            eval_action,
+            periodic(config.checkpoint_every_steps, schedule.total_steps, save),
+        ]
+        if config.profile_steps:
+            profiler = profiling.ProfileSteps(
+                os.path.join(workdir, reporting.TENSORBOARD_DIR), *config.profile_steps
+            )
+            profiler.begin(start_step)
+            stack.callback(profiler.close)
+            actions.append(profiler)
+
+        signals = stack.enter_context(shutdown.StopSignals())
+        batches = input_pipeline.train_batches(
+            data.train, global_batch_size=config.batch_size, preprocess=data.preprocess,
+            seed=config.seed, start_step=start_step, augment=config.augment,
+        )  # fmt: skip
+        train_start = time.perf_counter()
+        for step in range(start_step + 1, schedule.total_steps + 1):
+            state, metrics = jit_train(state, steps.to_global(next(batches), mesh), dropout_rng)
+            window.append(metrics)
+            reporter.tick(step)
+            if signals.requested(step):  # Save this step and stop; no evaluation.
+                log(step, time.monotonic(), state)
+                save(step, time.monotonic(), state, force=True)
+                manager.wait_until_finished()
+                raise signals.stopped(step, manager.directory)
+            for action in actions:
+                action(step, state=state)
+        train_seconds = time.perf_counter() - train_start
+        if start_step < schedule.total_steps:
+            eval_metrics = eval_action.get_last_callback_result()  # The last step's.
+        else:  # Nothing left to train: the workdir already holds the final step.
+            eval_metrics = evaluate_state(state)
+
+    steps_run = schedule.total_steps - start_step
     results = {
         "dataset": config.dataset,
         "step": int(state.step),
@@ -291,6 +315,6 @@ def train_and_evaluate(
         "num_params": int(num_params),
         "devices": jax.device_count(),
     }
-    write_json(os.path.join(workdir, "results.json"), results)
+    workdir_lib.write_results(workdir, results)
     logging.info("Final: %s", json.dumps(results))
     return state, results

@@ -1,12 +1,8 @@
-"""Shared fixtures: tiny configs, a prepared digits data dir, and a CLI runner."""
+"""Test environment (compilation cache, XLA flags) and the fixtures the test modules share."""
 
-import functools
-import importlib
 import os
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 # No metadata-server probes from TF's GCS client: tests stay on loopback.
 os.environ.setdefault("NO_GCE_CHECK", "true")
@@ -23,46 +19,9 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_opti
 
 import pytest  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-TINY_WIDTHS = ((8, 8, 8), (8, 8, 8), (8, 8))
-
-
-def xla_flags(devices: int) -> str:
-    """XLA_FLAGS for a subprocess with ``devices`` CPU devices, keeping this process's flags."""
-    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-
-
-def load_config(name: str, **overrides):
-    """configs/<name>.py with tiny, fast overrides applied (dotted keys use '__')."""
-    config = importlib.import_module(f"configs.{name}").get_config()
-    config.model.widths = TINY_WIDTHS
-    config.batch_size = 8
-    config.num_train_steps = 2
-    config.log_every_steps = 1
-    config.warmup_epochs = 0.0
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split("__")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
-def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):
-    """``steps.create_train_state`` under ``jax.jit``, as training calls it (eager init
-    dispatches the initialisers op by op, which costs seconds per test)."""
-    import jax
-
-    from nin_jax import steps
-
-    create = functools.partial(
-        steps.create_train_state, model=model, image_shape=image_shape, optimizer=optimizer
-    )
-    return jax.jit(create)(jax.random.key(seed))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:  # helpers.py, for the test modules and the scripts.
+    sys.path.insert(0, TESTS_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +34,14 @@ def digits_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs ``python -m <args>`` from the repository root and captures its output."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, digits_data_dir) -> str:
+    """A tiny digits workdir with a checkpoint at step 2, shared read-only by the tool tests
+    (copy it before changing anything: see ``helpers.copy_workdir``)."""
+    from helpers import load_config
+
+    from nin_jax import train
+
+    path = str(tmp_path_factory.mktemp("trained"))
+    train.train_and_evaluate(load_config("digits", data_dir=digits_data_dir), path)
+    return path

@@ -1,6 +1,10 @@
-"""Each user error gives one line on stderr, exit code 2, no traceback, and intact checkpoints."""
+"""User errors of training and the tools: one line, exit code 2, and the workdir unchanged.
 
-import hashlib
+The tools' errors are raised by the functions that read the workdir; their
+one-line form is ``nin_jax.cli``'s, checked here through a few real commands.
+Damaged files are test_faults.py's.
+"""
+
 import json
 import os
 import shutil
@@ -8,53 +12,29 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TINY_WIDTHS, load_config, run_cli
+from helpers import (
+    REPO_ROOT,
+    TINY_WIDTHS,
+    assert_one_line_error,
+    copy_workdir,
+    load_config,
+    run_cli,
+    tree_hash,
+)  # fmt: skip
 
-from nin_jax import predict, restore, train
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits_data_dir) -> str:
-    """A tiny digits workdir with a checkpoint at step 2."""
-    path = str(tmp_path_factory.mktemp("errors_run"))
-    train.train_and_evaluate(load_config("digits", data_dir=digits_data_dir), path)
-    return path
+from nin_jax import errors, predict, restore, train
 
 
 @pytest.fixture
-def workdir(trained, tmp_path) -> str:
+def workdir(trained_workdir, tmp_path) -> str:
     """A fresh copy of the trained workdir for a test to try to damage."""
-    path = str(tmp_path / "workdir")
-    shutil.copytree(trained, path)
-    return path
-
-
-def tree_hash(path: str) -> str:
-    """Hash of every file's relative path and bytes under ``path``."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
+    return copy_workdir(trained_workdir, tmp_path / "workdir")
 
 
 def checkpoint_state(workdir: str) -> tuple[str, str]:
     with open(os.path.join(workdir, "config.json")) as f:
         config = f.read()
     return tree_hash(os.path.join(workdir, "checkpoints")), config
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0]
 
 
 def main_cli(workdir: str, data_dir: str, *overrides: str, config: str = "digits"):
@@ -76,10 +56,21 @@ def test_different_model_in_workdir(workdir, digits_data_dir):
 
 
 def test_different_dataset_in_workdir(workdir, digits_data_dir):
-    before = checkpoint_state(workdir)
-    result = main_cli(workdir, digits_data_dir, "--config.dataset=mnist")
-    assert_one_line_error(result, "different model or dataset", "dataset is 'digits'")
-    assert checkpoint_state(workdir) == before
+    before = tree_hash(workdir)
+    config = load_config("digits", data_dir=digits_data_dir, dataset="mnist")
+    with pytest.raises(
+        errors.WorkdirError, match="different model or dataset.*dataset is 'digits'"
+    ):
+        train.train_and_evaluate(config, workdir)
+    assert tree_hash(workdir) == before
+
+
+def test_a_bad_config_value_changes_nothing_in_the_workdir(workdir):
+    before = tree_hash(workdir)
+    config = load_config("digits", lr_schedule="cosin")
+    with pytest.raises(errors.ConfigError, match="config.lr_schedule is 'cosin'"):
+        train.train_and_evaluate(config, workdir)
+    assert tree_hash(workdir) == before
 
 
 def test_mismatched_checkpoint_without_config_json(workdir, digits_data_dir):
@@ -88,12 +79,12 @@ def test_mismatched_checkpoint_without_config_json(workdir, digits_data_dir):
     before = tree_hash(os.path.join(workdir, "checkpoints"))
     config = load_config("digits", data_dir=digits_data_dir, num_train_steps=4)
     config.model.widths = ((8, 8, 8), (8, 8, 8), (8, 4))
-    with pytest.raises(train.TrainingError, match="does not fit this config's model"):
+    with pytest.raises(errors.TrainingError, match="does not fit this config's model"):
         train.train_and_evaluate(config, workdir)
     assert tree_hash(os.path.join(workdir, "checkpoints")) == before
 
 
-def test_tools_refuse_a_checkpoint_of_another_model(workdir, capsys):
+def test_tools_refuse_a_checkpoint_of_another_model(workdir):
     config_path = os.path.join(workdir, "config.json")
     with open(config_path) as f:
         config = json.load(f)
@@ -101,12 +92,11 @@ def test_tools_refuse_a_checkpoint_of_another_model(workdir, capsys):
     with open(config_path, "w") as f:
         json.dump(config, f)
     before = tree_hash(os.path.join(workdir, "checkpoints"))
-    with pytest.raises(SystemExit) as exit_info:
-        restore.run_tool(predict.main, [f"--workdir={workdir}", "x.png"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: the checkpoint at step 2") and err.count("\n") == 1
-    assert "does not belong to the model" in err and "mlpconv3" in err
+    with pytest.raises(errors.WorkdirError) as error:
+        restore.load(workdir)
+    message = str(error.value)
+    assert message.startswith("the checkpoint at step 2") and "\n" not in message
+    assert "does not belong to the model" in message and "mlpconv3" in message
     assert tree_hash(os.path.join(workdir, "checkpoints")) == before
 
 
@@ -142,42 +132,37 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, digits_data_dir):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
 
 
-def test_not_an_image(workdir, tmp_path):
+def test_not_an_image_is_one_line_from_the_command(workdir, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    before = checkpoint_state(workdir)
+    before = tree_hash(workdir)
     result = run_cli("nin_jax.predict", f"--workdir={workdir}", str(text))
     assert_one_line_error(result, f"{text} is not an image file")
-    assert checkpoint_state(workdir) == before
+    assert tree_hash(workdir) == before
 
 
-def test_missing_image_file(workdir, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        restore.run_tool(predict.main, [f"--workdir={workdir}", "/no/such.png"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: /no/such.png: no such file\n"
+def test_missing_image_file(workdir):
+    trained = restore.load(workdir)
+    with pytest.raises(errors.ImageError, match="^/no/such.png: no such file$"):
+        predict.predict(trained, ["/no/such.png"], k=3)
 
 
-def test_missing_checkpoint(workdir, capsys):
+def test_missing_checkpoint(workdir):
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
-    with pytest.raises(SystemExit) as exit_info:
-        restore.run_tool(predict.main, [f"--workdir={workdir}", "a.png"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: no checkpoint in ") and err.count("\n") == 1
+    with pytest.raises(errors.WorkdirError, match="^no checkpoint in .*: train first"):
+        restore.load(workdir)
 
 
-def test_missing_checkpoint_step(workdir, capsys):
+def test_missing_checkpoint_step(workdir):
     before = checkpoint_state(workdir)
-    with pytest.raises(SystemExit) as exit_info:
-        restore.run_tool(predict.main, [f"--workdir={workdir}", "--step=7", "a.png"])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.endswith(
-        f"no checkpoint at step 7 in {os.path.abspath(workdir)}/checkpoints; available: 2\n"
+    with pytest.raises(errors.WorkdirError) as error:
+        restore.load(workdir, step=7)
+    assert str(error.value) == (
+        f"no checkpoint at step 7 in {os.path.abspath(workdir)}/checkpoints; available: 2"
     )
     assert checkpoint_state(workdir) == before
 
 
-def test_not_a_workdir(tmp_path):
+def test_not_a_workdir_is_one_line_from_the_command(tmp_path):
     result = run_cli("nin_jax.evaluate", f"--workdir={tmp_path}")
     assert_one_line_error(result, f"{tmp_path}/config.json is missing")

@@ -4,7 +4,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import load_config
+import tensorflow as tf
+from helpers import load_config
 
 from nin_jax import input_pipeline, preprocessing, splits
 
@@ -118,3 +119,33 @@ def test_svhn_validation_under_mock_data(monkeypatch, tmp_path):
     assert np.bincount(validation.labels, minlength=10).tolist() == [3] * 10
     assert validation.images.shape == (30, 32, 32, 3)
     assert len(train_part) > 80  # The tails of train and extra plus the heads' other examples.
+
+
+def to_float(images):
+    return tf.cast(images, tf.float32)
+
+
+def test_eval_batches_cover_every_example_once():
+    split = input_pipeline.Split(
+        images=np.zeros((37, 4, 4, 1), np.uint8), labels=np.arange(37, dtype=np.int32)
+    )
+    batches = list(
+        input_pipeline.eval_batches(split, global_batch_size=8, preprocess=to_float, num_batches=5)
+    )
+    assert [len(b["label"]) for b in batches] == [8] * 5
+    seen = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(37))
+
+
+def test_train_batches_are_a_function_of_seed_and_step():
+    split = input_pipeline.Split(
+        images=np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1),
+        labels=np.arange(40, dtype=np.int32),
+    )
+    kwargs = dict(global_batch_size=8, preprocess=to_float, seed=3)
+    stream = input_pipeline.train_batches(split, **kwargs)
+    first = [next(stream)["label"] for _ in range(12)]  # 5 steps per epoch: crosses epochs.
+    later = input_pipeline.train_batches(split, start_step=7, **kwargs)
+    for expected in first[7:]:
+        np.testing.assert_array_equal(next(later)["label"], expected)
+    np.testing.assert_array_equal(np.sort(np.concatenate(first[:5])), np.arange(40))

@@ -8,15 +8,16 @@ import re
 import shutil
 import signal
 
+import helpers
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import workers
-from conftest import run_cli
+from helpers import run_cli
 
 from nin_jax import input_pipeline
 
+pytestmark = pytest.mark.slow
 STEPS = 6
 
 
@@ -34,29 +35,29 @@ def assert_params_close(actual: dict, expected: dict, atol: float = 1e-5) -> Non
 def reference(tmp_path_factory, digits_data_dir):
     """One process, 4 devices, checkpoints at steps 3 and 6."""
     workdir = tmp_path_factory.mktemp("reference")
-    args = workers.train_args(
+    args = helpers.train_args(
         workdir, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
     )
-    assert workers.run(args, devices=4, log_path=workdir / "log.txt") == 0, (
+    assert helpers.run(args, devices=4, log_path=workdir / "log.txt") == 0, (
         workdir / "log.txt"
     ).read_text()[-3000:]
     return workdir
 
 
 def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
-    args = workers.train_args(
+    args = helpers.train_args(
         tmp_path, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
     )
-    processes = workers.start_processes(args, 2, tmp_path)
-    codes = workers.wait_all(processes, timeout=600)
+    processes = helpers.start_processes(args, 2, tmp_path)
+    codes = helpers.wait_all(processes, timeout=600)
     logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
 
-    params = [workers.load_params(tmp_path / f"params_{i}.npz") for i in range(2)]
+    params = [helpers.load_params(tmp_path / f"params_{i}.npz") for i in range(2)]
     assert_params_close(params[1], params[0], atol=0)  # Both processes hold the same state.
-    expected = workers.load_params(reference / "params_0.npz")
+    expected = helpers.load_params(reference / "params_0.npz")
     assert_params_close(params[0], expected)
-    assert workers.checkpoint_steps(tmp_path) == [3, 6]
+    assert helpers.checkpoint_steps(tmp_path) == [3, 6]
     assert '"devices": 4' in logs[0]
     # Only process 0 writes the training log.
     assert "step 6/6" in logs[0] and "step 6/6" not in logs[1]
@@ -64,38 +65,38 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
 
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data_dir):
     """The preemption sync manager spreads the notice: every process saves one step and exits."""
-    args = workers.train_args(
+    args = helpers.train_args(
         tmp_path, digits_data_dir, num_train_steps=400, checkpoint_every_steps=20,
         log_every_steps=100, eval_every_steps=10_000,
     )  # fmt: skip
-    processes = workers.start_processes(args, 2, tmp_path)
+    processes = helpers.start_processes(args, 2, tmp_path)
     try:
-        workers.wait_for(lambda: (tmp_path / "checkpoints" / "20").is_dir(), processes[0], 600)
+        helpers.wait_for(lambda: (tmp_path / "checkpoints" / "20").is_dir(), processes[0], 600)
     except BaseException:
-        workers.wait_all(processes, timeout=0)
+        helpers.wait_all(processes, timeout=0)
         raise
     processes[1].send_signal(signal.SIGTERM)
-    codes = workers.wait_all(processes, timeout=300)
+    codes = helpers.wait_all(processes, timeout=300)
     logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
     assert codes == [143, 143], logs[0][-3000:] + logs[1][-3000:]
     stops = [int(re.search(r"stopped on SIGTERM at step (\d+)", log).group(1)) for log in logs]
     assert stops[0] == stops[1] and 20 <= stops[0] < 400
-    assert workers.checkpoint_steps(tmp_path)[-1] == stops[0]
+    assert helpers.checkpoint_steps(tmp_path)[-1] == stops[0]
 
 
 def test_resume_on_one_device_from_four(tmp_path, digits_data_dir, reference):
     """A checkpoint of a 4-device run resumes on 1 device and ends where the 4-device run did."""
     shutil.copytree(reference / "checkpoints" / "3", tmp_path / "checkpoints" / "3")
-    args = workers.train_args(
+    args = helpers.train_args(
         tmp_path, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
     )
-    code = workers.run(args, devices=1, log_path=tmp_path / "log.txt")
+    code = helpers.run(args, devices=1, log_path=tmp_path / "log.txt")
     log = (tmp_path / "log.txt").read_text()
     assert code == 0, log[-3000:]
     assert "1 devices" in log and "starting at step 3" in log
-    assert workers.checkpoint_steps(tmp_path) == [3, 6]
-    expected = workers.load_params(reference / "params_0.npz")
-    assert_params_close(workers.load_params(tmp_path / "params_0.npz"), expected)
+    assert helpers.checkpoint_steps(tmp_path) == [3, 6]
+    expected = helpers.load_params(reference / "params_0.npz")
+    assert_params_close(helpers.load_params(tmp_path / "params_0.npz"), expected)
 
 
 def local_train_batches(split, monkeypatch, process: int, processes: int, start_step: int):

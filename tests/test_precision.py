@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_state, load_config
+from helpers import init_state, load_config
 
 from nin_jax import models, optimizer, steps
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, load_config
+from helpers import REPO_ROOT, load_config
 
 from nin_jax import models, optimizer, preprocessing, train
 

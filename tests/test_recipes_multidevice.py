@@ -1,7 +1,8 @@
 """Every recipe in configs/ trains and evaluates under mock data on 4 fake CPU devices.
 
 XLA_FLAGS must be set before jax is imported, so one subprocess runs all recipes
-(paying the import once); the speed-ups of test_recipes.py apply.
+(tests/scripts/four_device_recipes.py, paying the import once); the speed-ups of
+test_recipes.py apply.
 """
 
 import json
@@ -9,29 +10,14 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, load_config, xla_flags
+import pytest
+from helpers import REPO_ROOT, SCRIPTS, load_config, xla_flags
 from test_recipes import MOCK_EXAMPLES, RECIPES, check_results, seed_zca_cache
 
-FOUR_DEVICE_SCRIPT = """
-import json, os, sys
-import jax
-import tensorflow_datasets as tfds
-sys.path.insert(0, "tests")
-from conftest import load_config
-from nin_jax import train
-assert jax.device_count() == 4, jax.devices()
-data_dir, names = sys.argv[1], sys.argv[2:]
-for name in names:
-    config = load_config(name, data_dir=data_dir, model__conv_impl="xla")
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples={n}):
-        _, results = train.train_and_evaluate(config, os.path.join(data_dir, 'work-' + name))
-    print("RESULT", name, json.dumps(results), flush=True)
-"""
 
-
+@pytest.mark.slow
 def test_every_recipe_on_four_cpu_devices(tmp_path):
     seed_zca_cache(str(tmp_path))
-    script = FOUR_DEVICE_SCRIPT.format(n=MOCK_EXAMPLES)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
@@ -39,7 +25,7 @@ def test_every_recipe_on_four_cpu_devices(tmp_path):
         "JAX_DEFAULT_PRNG_IMPL": "rbg",
     }
     out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path), *RECIPES],
+        [sys.executable, str(SCRIPTS / "four_device_recipes.py"), str(tmp_path), *RECIPES],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

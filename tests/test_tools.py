@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_config
+from helpers import load_config, run_cli
 from PIL import Image
 
-from nin_jax import class_maps, evaluate, plot, predict, restore, train
+from nin_jax import class_maps, evaluate, images, plot, predict, restore, train
 from nin_jax.datasets import digits
 
 
@@ -30,9 +30,9 @@ def png_size(path) -> tuple[int, int]:
         return image.size
 
 
-def test_plot_renders_curves(workdir, tmp_path, capsys):
+def test_plot_renders_curves(workdir, tmp_path):
     output = tmp_path / "curves.png"
-    plot.main([f"--workdir={workdir}", f"--output={output}"])
+    assert plot.run(workdir, str(output)) == str(output)
     width, height = (round(d * plot.DPI) for d in plot.FIGSIZE)
     assert png_size(output) == (width, height)
     curves = plot.read_metrics(f"{workdir}/metrics.jsonl")
@@ -40,9 +40,8 @@ def test_plot_renders_curves(workdir, tmp_path, capsys):
     assert sorted(curves["eval"]) == [10, 20]
 
 
-def test_evaluate_matches_training_results(workdir, capsys):
-    evaluate.main([f"--workdir={workdir}", "--json"])
-    result = json.loads(capsys.readouterr().out)
+def test_evaluate_matches_training_results(workdir):
+    result, _ = evaluate.run(workdir)
     assert set(result) >= {"step", "examples", "accuracy", "error", "per_class_accuracy"}
     with open(f"{workdir}/results.json") as f:
         final = json.load(f)
@@ -59,10 +58,12 @@ def test_evaluate_matches_training_results(workdir, capsys):
         assert json.load(f) == result
 
 
-def test_evaluate_chosen_step(workdir, tmp_path, capsys):
-    evaluate.main([f"--workdir={workdir}", "--step=10", f"--output_dir={tmp_path}"])
-    out = capsys.readouterr().out
-    assert "step 10" in out and out.count("% correct") == 10
+def test_evaluate_command_at_a_chosen_step(workdir, tmp_path):
+    result = run_cli(
+        "nin_jax.evaluate", f"--workdir={workdir}", "--step=10", f"--output_dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 10" in result.stdout and result.stdout.count("% correct") == 10
     assert (tmp_path / "confusion_step_10.png").exists()
 
 
@@ -76,10 +77,11 @@ def write_test_images(tmp_path) -> tuple[list[str], np.ndarray]:
     return paths, images[:2]
 
 
-def test_predict_json(workdir, tmp_path, capsys):
+def test_predict_json(workdir, tmp_path):
     paths, _ = write_test_images(tmp_path)
-    predict.main([f"--workdir={workdir}", "--json", "--top_k=10", *paths])
-    result = json.loads(capsys.readouterr().out)
+    result = run_cli("nin_jax.predict", f"--workdir={workdir}", "--json", "--top_k=10", *paths)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = json.loads(result.stdout)
     assert result["step"] == 20
     assert [p["file"] for p in result["predictions"]] == paths
     for prediction in result["predictions"]:
@@ -92,47 +94,47 @@ def test_predict_json(workdir, tmp_path, capsys):
 
 def test_predict_preprocessing_matches_the_model_input(workdir, tmp_path):
     """An 8x8 grayscale PNG is read back exactly and predicted like the raw test image."""
-    images, _ = digits.load_arrays("test")
+    digit_images, _ = digits.load_arrays("test")
     path = tmp_path / "exact.png"
-    Image.fromarray(images[3, ..., 0]).save(path)
+    Image.fromarray(digit_images[3, ..., 0]).save(path)
     trained = restore.load(workdir)
-    np.testing.assert_array_equal(trained.info.read_image(str(path)), images[3])
-    expected = predict.softmax(trained.apply(images[3:4]).astype(np.float64))[0]
+    np.testing.assert_array_equal(images.read_image(str(path), (8, 8, 1)), digit_images[3])
+    expected = predict.softmax(trained.apply(digit_images[3:4]).astype(np.float64))[0]
     (result,) = predict.predict(trained, [str(path)], k=3)
     assert [entry["class"] for entry in result["top_k"]] == list(np.argsort(-expected)[:3])
     assert result["top_k"][0]["probability"] == pytest.approx(expected.max(), rel=1e-5)
 
 
-def test_predict_text(workdir, tmp_path, capsys):
+def test_predict_text(workdir, tmp_path):
     paths, _ = write_test_images(tmp_path)
-    predict.main([f"--workdir={workdir}", "--top_k=3", *paths])
-    lines = capsys.readouterr().out.splitlines()
+    trained = restore.load(workdir)
+    lines = predict.format_lines(predict.predict(trained, paths, k=3))
     assert [line.split(":")[0] for line in lines] == paths
     assert all(len(line.split(":")[1].split(",")) == 3 for line in lines)
 
 
-def test_class_maps_of_eval_images(workdir, tmp_path, capsys):
+def test_class_maps_of_eval_images(workdir, tmp_path):
     output = tmp_path / "maps.png"
-    class_maps.main([f"--workdir={workdir}", "--num_images=4", f"--output={output}"])
+    class_maps.run(workdir, [], num_images=4, output=str(output))
     width, height = (round(d * class_maps.DPI) for d in class_maps.figure_size(4, 10))
     assert png_size(output) == (width, height)
 
 
-def test_class_maps_of_given_images(workdir, tmp_path, capsys):
+def test_class_maps_of_given_images(workdir, tmp_path):
     paths, _ = write_test_images(tmp_path)
     output = tmp_path / "given.png"
-    class_maps.main([f"--workdir={workdir}", "--max_maps=3", f"--output={output}", *paths])
+    class_maps.run(workdir, paths, max_maps=3, output=str(output))
     width, height = (round(d * class_maps.DPI) for d in class_maps.figure_size(2, 3))
     assert png_size(output) == (width, height)
 
 
 def test_class_maps_average_to_the_logits(workdir):
     """What the figure shows is what the model decides on: logits are the maps' means."""
-    images, _ = digits.load_arrays("test")
+    digit_images, _ = digits.load_arrays("test")
     trained = restore.load(workdir)
-    maps = trained.apply(images[:5], method="class_maps")
+    maps = trained.apply(digit_images[:5], method="class_maps")
     assert maps.shape[0] == 5 and maps.shape[-1] == 10 and (maps >= 0).all()
-    np.testing.assert_allclose(maps.mean(axis=(1, 2)), trained.apply(images[:5]), rtol=1e-5)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), trained.apply(digit_images[:5]), rtol=1e-5)
 
 
 def test_shown_classes_are_the_best_scored_when_too_many():

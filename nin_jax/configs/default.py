@@ -43,8 +43,14 @@ def get_config() -> ml_collections.ConfigDict:
     # 'gap' (global average pooling, the paper's NIN), 'fc' or 'fc_dropout' (a
     # dense layer on the flattened class maps, the paper's ablation).
     config.model.head = "gap"
-    # None: LeCun-normal kernels; a float: N(0, init_std) as in the authors' code.
+    # Fan-in-scaled kernel initialisation: 'lecun_normal' or 'he_normal'.
+    config.model.kernel_init = "lecun_normal"
+    # None: kernel_init; a float: N(0, init_std) for every kernel, as in the authors' code.
     config.model.init_std = ml_collections.config_dict.placeholder(float)
+    # The class layer's (the last 1x1 convolution's) kernel initialisation: None as
+    # the others, or N(0, class_init_std) (0: zeros); and its initial bias.
+    config.model.class_init_std = ml_collections.config_dict.placeholder(float)
+    config.model.class_bias = 0.0
     # 'auto' (matmul/im2col on CPU, XLA convolutions on GPU/TPU), 'xla' or 'matmul'.
     config.model.conv_impl = "auto"
     # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
@@ -89,4 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_checkpoints = 3
     # Seed of parameter initialisation, data order and dropout.
     config.seed = 0
+    # (first, last): a jax.profiler trace of those training steps in
+    # workdir/tensorboard (TensorBoard's Profile tab); () for none. Start at 2 or
+    # later: step 1 compiles.
+    config.profile_steps = ()
     return config

@@ -1,5 +1,6 @@
-"""TFDS builders shipped with nin_jax (importing this registers them)."""
+"""Datasets shipped with nin_jax.
 
-from nin_jax.datasets.digits import Digits
-
-__all__ = ["Digits"]
+``standins`` builds the real-image stand-in arrays with numpy alone (no
+TensorFlow), so scripts can use them on machines without TF; ``digits`` is the
+TFDS builder over them, registered when ``nin_jax.input_pipeline`` imports it.
+"""

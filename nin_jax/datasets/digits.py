@@ -1,9 +1,15 @@
-"""``digits``: scikit-learn's 1,797 real 8x8 handwritten digits as a TFDS dataset.
+"""``digits``: scikit-learn's 1,797 real handwritten digits as a TFDS dataset, at several shapes.
 
 The images ship inside scikit-learn, so preparing this dataset needs no network.
-Pixels (0..16 in scikit-learn) are scaled to uint8 0..255.
+Builder configs (``config.dataset = 'digits/<config>'``; plain ``digits`` is the
+first, ``8x8x1``) are the real-image stand-ins of nin_jax/datasets/standins.py:
 
-Split (fixed): example ``i`` of ``sklearn.datasets.load_digits()`` goes to
+* ``digits`` or ``digits/8x8x1``: the 8x8 digits, pixels 0..16 scaled to 0..255;
+* ``digits/28x28x1``: MNIST's shape;
+* ``digits/32x32x3``: CIFAR-10's and SVHN's shape;
+* ``digits/pairs_32x32x3``: CIFAR-100's shape and 100 classes (two digits, 10a+b).
+
+Split (fixed): digit ``i`` of ``sklearn.datasets.load_digits()`` goes to
 ``test`` when ``i % 5 == 0`` (360 images) and to ``train`` otherwise (1,437).
 The data set is ordered by writer, so both splits cover all writers' styles.
 """
@@ -11,32 +17,37 @@ The data set is ordered by writer, so both splits cover all writers' styles.
 import numpy as np
 import tensorflow_datasets as tfds
 
-TEST_EVERY = 5
+from nin_jax.datasets import standins
+
+# Dataset names of the non-default configs, as config.dataset spells them.
+CONFIG_NAMES = tuple(f"digits/{name}" for name in standins.STANDINS)
 
 
 def load_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 8, 8, 1), labels int64 (N,)) of the fixed train/test split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    is_test = np.arange(len(images)) % TEST_EVERY == 0
-    keep = is_test if split == "test" else ~is_test
-    return images[keep], digits.target[keep].astype(np.int64)
+    """(images uint8 (N, 8, 8, 1), labels int64 (N,)) of the default config's fixed split."""
+    return standins.load("8x8x1", split)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's handwritten digits (UCI optdigits test set), 8x8 grayscale."""
+    """scikit-learn's handwritten digits (UCI optdigits test set) and their resized stand-ins."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: i % 5 == 0 -> test."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: i % 5 == 0 -> test.",
+        "1.1.0": "Builder configs: 8x8x1 (default), 28x28x1, 32x32x3, pairs_32x32x3.",
+    }
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name=s.name, description=s.description)
+        for s in standins.STANDINS.values()
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
+        standin = standins.STANDINS[self.builder_config.name]
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(8, 8, 1)),
-                    "label": tfds.features.ClassLabel(num_classes=10),
+                    "image": tfds.features.Image(shape=standin.shape),
+                    "label": tfds.features.ClassLabel(num_classes=standin.num_classes),
                 }
             ),
             supervised_keys=("image", "label"),
@@ -45,9 +56,9 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ships with scikit-learn.
-        return {split: self._generate_examples(split) for split in ("train", "test")}
+        return {split: self._generate_examples(split) for split in standins.SPLITS}
 
     def _generate_examples(self, split):
-        images, labels = load_arrays(split)
+        images, labels = standins.load(self.builder_config.name, split)
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             yield index, {"image": image, "label": int(label)}

@@ -14,8 +14,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import load_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
+from helpers import load_config  # noqa: E402
 
 from nin_jax import models, optimizer, steps  # noqa: E402
 

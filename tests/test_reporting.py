@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_config
+from helpers import load_config
 
 from nin_jax import reporting, train
 
@@ -45,9 +45,19 @@ def read_events(workdir: str) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+# Besides these, one activation RMS and one gradient norm per block (nin_jax.health).
+TRAIN_SCALARS = {
+    "loss", "accuracy", "error", "learning_rate", "images_per_sec", "grad_norm", "param_norm",
+    "dead_class_fraction",
+}  # fmt: skip
+BLOCK_SCALARS = {f"{kind}/mlpconv{i}" for kind in ("activation_rms", "grad_norm") for i in "123"}
+
+
 def test_tensorboard_has_train_and_eval_scalars(workdir):
     events = read_events(workdir)
-    train_tags = {f"train/{name}" for name in reporting.TRAIN_SCALARS}
+    names = set(read_jsonl(workdir)[0]) - {"split", "step", "time"}
+    assert names == TRAIN_SCALARS | BLOCK_SCALARS
+    train_tags = {f"train/{name}" for name in names}
     eval_tags = {f"eval/{name}" for name in reporting.EVAL_SCALARS}
     assert set(events) == train_tags | eval_tags
     for tag in train_tags:

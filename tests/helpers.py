@@ -1,6 +1,10 @@
-"""Starting, watching and cleaning up training subprocesses for the multi-process tests."""
+"""Helpers of the test modules: tiny configs, CLI and training subprocesses, workdir checks."""
 
+import functools
+import hashlib
+import importlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -9,7 +13,59 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, TINY_WIDTHS, xla_flags
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO_ROOT / "tests" / "scripts"
+
+TINY_WIDTHS = ((8, 8, 8), (8, 8, 8), (8, 8))
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess with ``devices`` CPU devices, keeping this process's flags."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
+def load_config(name: str, **overrides):
+    """configs/<name>.py with tiny, fast overrides applied (dotted keys use '__')."""
+    config = importlib.import_module(f"nin_jax.configs.{name}").get_config()
+    config.model.widths = TINY_WIDTHS
+    config.batch_size = 8
+    config.num_train_steps = 2
+    config.log_every_steps = 1
+    config.warmup_epochs = 0.0
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):
+    """``steps.create_train_state`` under ``jax.jit``, as training calls it (eager init
+    dispatches the initialisers op by op, which costs seconds per test)."""
+    import jax
+
+    from nin_jax import steps
+
+    create = functools.partial(
+        steps.create_train_state, model=model, image_shape=image_shape, optimizer=optimizer
+    )
+    return jax.jit(create)(jax.random.key(seed))
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m <args>`` from the repository root and captures its output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -37,7 +93,7 @@ def train_args(workdir, data_dir: str, **overrides) -> list[str]:
 
 
 def start(args: list[str], devices: int, log_path, cache: bool = True) -> subprocess.Popen:
-    """``tests/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``.
+    """``tests/scripts/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``.
 
     Processes of one multi-process run must not use the compilation ``cache``:
     only process 0 reads it, and a gloo collective fails when the other
@@ -55,7 +111,7 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = open(log_path, "w")
     return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "train_worker.py"), *args],
+        [sys.executable, str(SCRIPTS / "train_worker.py"), *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
@@ -124,3 +180,33 @@ def load_params(path) -> dict[str, np.ndarray]:
 
 def checkpoint_steps(workdir) -> list[int]:
     return sorted(int(p.name) for p in Path(workdir, "checkpoints").iterdir() if p.name.isdigit())
+
+
+def tree_hash(path) -> str:
+    """Hash of every file's relative path and bytes under ``path``."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def copy_workdir(source: str, destination) -> str:
+    """A copy of a trained workdir for a test to change or damage."""
+    shutil.copytree(source, destination)
+    return str(destination)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2, no traceback, exactly one ``error:`` line holding ``fragments``; returns it."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

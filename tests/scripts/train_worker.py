@@ -7,15 +7,11 @@ compare what every process holds: ``<workdir>/params_<process index>.npz``.
 import faulthandler
 import os
 import signal
-import sys
 
 import jax
 import numpy as np
-from absl import app
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nin_jax import main, steps, train  # noqa: E402
+from nin_jax import cli, main, steps, train
 
 
 def save_local_params(state: steps.TrainState, workdir: str) -> None:
@@ -35,4 +31,4 @@ train.train_and_evaluate = train_and_save
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a hung run waits.
-    app.run(main.main, flags_parser=main.parse_flags)
+    cli.run(main.main)

@@ -1,0 +1,343 @@
+"""The workdir: what a run writes besides checkpoints, how it is read back, and its lock.
+
+::
+
+    workdir/
+      .lock            held by process 0 of the run that uses the workdir
+      config.json      the run's config
+      dataset.json     class names, image shape and preprocessing of the training data
+      preprocess.npz   the preprocessing statistics fitted on the training split
+      checkpoints/     Orbax checkpoints of the train state (nin_jax.checkpointing)
+      metrics.jsonl, tensorboard/   training metrics (nin_jax.reporting)
+      results.json     the final evaluation
+
+This module knows the format only; the trainer and the tools both build on it.
+"""
+
+import dataclasses
+import datetime
+import fcntl
+import io
+import json
+import os
+import socket
+import zipfile
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from nin_jax import config_validation
+from nin_jax.errors import ConfigError, FileDamagedError, WorkdirBusyError, WorkdirError
+
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+PREPROCESS_FILE = "preprocess.npz"
+RESULTS_FILE = "results.json"
+LOCK_FILE = ".lock"
+CHECKPOINT_DIR = "checkpoints"
+# Config fields that fix the checkpoint's parameter shapes: a workdir trained with
+# other values cannot be resumed or read with this config.
+CHECKPOINT_DEFINING_FIELDS = ("dataset", "model.widths", "model.kernel_sizes", "model.head")
+# What to do about a damaged file, by file (docs/FILES.md lists every file's policy).
+_CONFIG_REMEDY = (
+    "it describes the checkpoints' model: restore it from a copy, or delete it and rerun "
+    "`python -m nin_jax.main` with the run's --config, which writes it again"
+)
+_DATASET_REMEDY = (
+    "training writes it when it starts: rerun `python -m nin_jax.main` with this workdir's "
+    "config (it resumes from the newest checkpoint), or restore it from a copy"
+)
+# What np.load raises for bytes that are not a readable .npz file: zipfile's BadZipFile
+# (and RuntimeError or NotImplementedError for flags it does not handle, zlib.error for a
+# damaged compressed member), EOFError for no data, ValueError for a damaged .npy header
+# or pickled data, KeyError for an array that is not there.
+_NPZ_ERRORS = (
+    zipfile.BadZipFile, EOFError, ValueError, KeyError, RuntimeError, NotImplementedError,
+    zlib.error,
+)  # fmt: skip
+
+
+def is_remote(workdir: str) -> bool:
+    """gs:// and other URL-like paths, which only TensorFlow's and Orbax's file APIs open."""
+    return "://" in workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model was trained on: enough to turn any image into a model input."""
+
+    dataset: str
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    preprocess: str  # config.preprocess
+    preprocess_params: dict[str, np.ndarray]  # the statistics it was fitted with
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class WorkdirLock:
+    """Process 0's exclusive hold on a workdir for the length of a run.
+
+    An ``flock`` on ``workdir/.lock``: the kernel releases it when the process
+    ends, however it ends, so the lock of a killed run is stale at once and the
+    next run takes it over. A second run on a workdir in use stops with a
+    ``WorkdirBusyError`` before it writes anything there. Remote workdirs
+    (``gs://``) are not locked. Entering also creates the workdir.
+    """
+
+    def __init__(self, workdir: str):
+        self._workdir = workdir
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WorkdirLock":
+        if not is_remote(self._workdir):
+            holds = self._acquire() if jax.process_index() == 0 else True
+            if jax.process_count() > 1:  # Every process stops if process 0 could not lock.
+                from jax.experimental import multihost_utils
+
+                holds = bool(multihost_utils.broadcast_one_to_all(np.array(holds)))
+            if not holds:
+                raise WorkdirBusyError(f"workdir {self._workdir} is in use by another run")
+        return self
+
+    def _acquire(self) -> bool:
+        path = os.path.join(self._workdir, LOCK_FILE)
+        try:
+            os.makedirs(self._workdir, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkdirError(f"workdir {self._workdir!r} is not writable: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if jax.process_count() > 1:
+                logging.error("workdir %s is in use by %s", self._workdir, holder)
+                return False
+            raise WorkdirBusyError(
+                f"workdir {self._workdir} is in use by {holder}; wait for that run to end "
+                "(or stop it) or use another --workdir"
+            ) from None
+        previous = os.read(fd, 1024).decode(errors="replace").strip()
+        if previous:
+            logging.info("Taking over the lock of a run that ended without releasing it (%s).",
+                         previous)  # fmt: skip
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # An empty file: nobody holds it.
+            os.close(self._fd)  # Closing releases the flock.
+            self._fd = None
+
+
+def _damaged(path: str, reason: str, remedy: str) -> FileDamagedError:
+    return FileDamagedError(f"{path} is damaged ({reason}); {remedy}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_bytes(path: str, written_by: str) -> bytes:
+    try:
+        return epath.Path(path).read_bytes()
+    except FileNotFoundError:
+        raise WorkdirError(
+            f"{path} is missing; is {os.path.dirname(path) or '.'} a nin_jax workdir "
+            f"({written_by})?"
+        ) from None
+    except OSError as e:  # A directory in its place, no permission, ...
+        raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read_json(path: str, written_by: str, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path``; one line saying ``remedy`` if the file is damaged."""
+    data = _read_bytes(path, written_by)
+    if not data.strip():
+        raise _damaged(path, "empty", remedy)
+    try:
+        raw = json.loads(data)
+    except UnicodeDecodeError as e:
+        raise _damaged(path, f"not text: {e.reason} at byte {e.start}", remedy) from None
+    except json.JSONDecodeError as e:
+        raise _damaged(path, f"not valid JSON: {e}", remedy) from None
+    if not isinstance(raw, dict):
+        raise _damaged(path, f"a JSON {type(raw).__name__}, not an object", remedy)
+    return raw
+
+
+def _load_npz(data: bytes, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the .npz file ``data``; raises one of ``_NPZ_ERRORS`` if
+    ``data`` is not such a file."""
+    loaded = np.load(io.BytesIO(data))
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("a .npy array, not a .npz file")
+    with loaded as npz:
+        return {name: npz[name] for name in names}
+
+
+def read_npz(
+    path: str, data: bytes, shapes: dict[str, tuple[int, ...]], remedy: str
+) -> dict[str, np.ndarray]:
+    """The float arrays named in ``shapes`` from the .npz file ``data`` (read from
+    ``path``); ``FileDamagedError`` saying ``remedy`` if they cannot be read or have
+    other shapes."""
+    try:
+        arrays = _load_npz(data, shapes)
+    except _NPZ_ERRORS as e:
+        reason = "empty" if not data else f"not a .npz file of this kind: {_first_line(e)}"
+        raise _damaged(path, reason, remedy) from None
+    for name, shape in shapes.items():
+        array = arrays[name]
+        if array.shape != shape or not np.issubdtype(array.dtype, np.floating):
+            reason = f"{name} is {array.dtype} {array.shape}, not float {shape}"
+            raise _damaged(path, reason, remedy)
+    return arrays
+
+
+def preprocess_shapes(preprocess: str, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The arrays ``preprocessing.fit`` saves for ``preprocess``, with their shapes."""
+    channels, size = image_shape[-1], int(np.prod(image_shape))
+    return {
+        "standardize": {"mean": (channels,), "std": (channels,)},
+        "gcn_zca": {"mean": (size,), "whitening": (size, size)},
+        "lcn": {},
+    }[preprocess]
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes on process 0 only, atomically (a temporary file renamed)."""
+    if jax.process_index() != 0:
+        return
+    tmp = epath.Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples configs use (Flax module fields must be hashable)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    _write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (``workdir/config.json``), checked as
+    training checks a config."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    raw = _read_json(path, "written by nin_jax.main", _CONFIG_REMEDY)
+    try:
+        config = ml_collections.ConfigDict(_tuples(raw))
+        config_validation.validate(config)
+    except ConfigError as e:
+        raise _damaged(path, str(e), _CONFIG_REMEDY) from None
+    except KeyError as e:
+        raise _damaged(path, f"config field {e.args[0]} is missing", _CONFIG_REMEDY) from None
+    except (AttributeError, TypeError, ValueError) as e:  # Fields of other types or names.
+        raise _damaged(path, f"not a nin_jax config: {_first_line(e)}", _CONFIG_REMEDY) from None
+    return config
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if value is not None else None
+    return _tuples(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to train ``config`` in a workdir whose checkpoints belong to another model.
+
+    Called before anything is written, so the workdir's config.json keeps
+    describing its checkpoints.
+    """
+    checkpoints = epath.Path(workdir) / CHECKPOINT_DIR
+    if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return
+    if not (epath.Path(workdir) / CONFIG_FILE).exists():
+        return  # Nothing to compare with; a mismatch surfaces when restoring.
+    saved = load_config(workdir)
+    for field in CHECKPOINT_DEFINING_FIELDS:
+        old, new = _field(saved, field), _field(config, field)
+        if old != new:
+            raise WorkdirError(
+                f"workdir {workdir} holds checkpoints of a different model or dataset "
+                f"({field} is {old!r} there, {new!r} in this config); use another workdir"
+            )
+
+
+def write_dataset_info(workdir: str, info: DatasetInfo) -> None:
+    """Saves ``dataset.json`` and ``preprocess.npz`` (process 0 only)."""
+    payload = {
+        "dataset": info.dataset,
+        "class_names": list(info.class_names),
+        "image_shape": [int(d) for d in info.image_shape],
+        "preprocess": info.preprocess,
+    }
+    _write_json(os.path.join(workdir, DATASET_FILE), payload)
+    if jax.process_index() == 0:
+        buffer = io.BytesIO()
+        np.savez(buffer, **info.preprocess_params)
+        tmp = epath.Path(workdir) / f"{PREPROCESS_FILE}.tmp"
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(epath.Path(workdir) / PREPROCESS_FILE)
+
+
+def _dataset_problem(raw: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of ``dataset.json``, if anything."""
+    names, shape, preprocess = raw.get("class_names"), raw.get("image_shape"), raw.get("preprocess")
+    if not isinstance(raw.get("dataset"), str):
+        return "no dataset name"
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        return "class_names is not a list of names"
+    is_size = lambda d: isinstance(d, int) and not isinstance(d, bool) and d > 0  # noqa: E731
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(is_size, shape))):
+        return "image_shape is not [height, width, channels]"
+    known = config_validation.PREPROCESSINGS
+    if preprocess not in known:
+        return f"preprocess is {preprocess!r}, not one of {', '.join(known)}"
+    return None
+
+
+def load_dataset_info(workdir: str) -> DatasetInfo:
+    """What the workdir's model was trained on: ``dataset.json`` and ``preprocess.npz``."""
+    json_path = os.path.join(workdir, DATASET_FILE)
+    raw = _read_json(json_path, "written when training starts", _DATASET_REMEDY)
+    problem = _dataset_problem(raw)
+    if problem:
+        raise _damaged(json_path, problem, _DATASET_REMEDY)
+    npz_path = os.path.join(workdir, PREPROCESS_FILE)
+    data = _read_bytes(npz_path, "written when training starts")
+    shapes = preprocess_shapes(raw["preprocess"], tuple(raw["image_shape"]))
+    return DatasetInfo(
+        dataset=raw["dataset"],
+        class_names=tuple(raw["class_names"]),
+        image_shape=tuple(raw["image_shape"]),
+        preprocess=raw["preprocess"],
+        preprocess_params=read_npz(npz_path, data, shapes, _DATASET_REMEDY),
+    )
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> None:
+    _write_json(os.path.join(workdir, RESULTS_FILE), results)

@@ -1,0 +1,15 @@
+"""config.profile_steps writes a trace TensorBoard's profile plugin opens."""
+
+from helpers import load_config
+
+from nin_jax import train
+
+
+def test_profile_steps_write_a_trace(tmp_path, digits_data_dir):
+    config = load_config(
+        "digits", data_dir=digits_data_dir, num_train_steps=4, profile_steps=(2, 3),
+        log_every_steps=2,
+    )  # fmt: skip
+    train.train_and_evaluate(config, str(tmp_path))
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -1,0 +1,60 @@
+"""The jitted train step: it learns a fixed batch, and 4 devices train exactly as 1."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from helpers import REPO_ROOT, SCRIPTS, init_state, load_config, xla_flags
+
+from nin_jax import models, optimizer, steps
+
+sys.path.insert(0, str(SCRIPTS))
+import train_fixed_batch  # noqa: E402
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    config = load_config("digits", learning_rate=0.05, model__dropout_rate=0.0)
+    config.model.widths = ((32, 32, 32), (32, 32, 32), (32, 32))
+    model = models.from_config(config, num_classes=10)
+    tx = optimizer.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+    state = init_state(model, (8, 8, 1), tx)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    step = jax.jit(steps.train_step)
+    losses = []
+    for _ in range(40):
+        state, metrics = step(state, batch, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 40
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def fixed_batch_training_on_four_devices() -> dict:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": xla_flags(4),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_fixed_batch.py")],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_four_devices_give_the_same_training_as_one():
+    one = train_fixed_batch.fixed_batch_training()  # This process has one CPU device.
+    four = fixed_batch_training_on_four_devices()
+    assert (one["devices"], four["devices"]) == (1, 4)
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
+    assert four["checksum"] == pytest.approx(one["checksum"], rel=1e-5)
