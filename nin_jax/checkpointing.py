@@ -6,6 +6,7 @@ other number. The tools read a checkpoint back without a target.
 """
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -14,7 +15,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from nin_jax import workdir as workdir_lib
-from nin_jax.errors import TrainingError, WorkdirError
+from nin_jax.errors import FileDamagedError, TrainingError, WorkdirError
 
 
 def directory(workdir: str) -> str:
@@ -39,6 +40,7 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: Any) -> Any:
     nothing is deleted.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    _drop_abandoned_read_reports()
     unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
@@ -55,10 +57,72 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: Any) -> Any:
         step, error = unreadable[0]
         raise TrainingError(
             f"no checkpoint in {manager.directory} can be restored: the newest (step {step}) "
-            f"does not fit this config's model ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}); use another workdir"
+            f"is damaged or was saved from another model ({_reason(error)}); use another "
+            "workdir, or restore the checkpoints from a copy"
         ) from error
     return state
+
+
+def _is_read_error(error: Exception) -> bool:
+    """Whether a restore failed on the checkpoint's files: their JSON, UTF-8 and TensorStore
+    errors (ValueError), entries that are not there (KeyError), the file system (OSError),
+    and the bare ``Exception`` Orbax raises for an array TensorStore cannot read. Anything
+    else is a bug and keeps its traceback."""
+    return isinstance(error, (OSError, ValueError, KeyError)) or type(error) is Exception
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """Whether ``sys.unraisablehook`` got a report of a read abandoned by a failed restore.
+
+    When one array cannot be read, Orbax's restore fails and closes its event loop while
+    TensorStore finishes the other reads on its own threads: each then reports "Event loop
+    is closed" (or an un-awaited Orbax coroutine), a traceback apiece on stderr, during and
+    up to milliseconds after the failed restore.
+    """
+    error, source = unraisable.exc_value, unraisable.object
+    code = getattr(source, "cr_code", None)
+    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed") or (
+        code is not None and "orbax" in code.co_filename
+    )
+
+
+def _drop_abandoned_read_reports() -> None:
+    """Keeps the reports of ``_is_abandoned_read`` off stderr for the rest of the process
+    (the tools end soon after a failed read); every other report goes through."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+def _reason(error: BaseException, limit: int = 160) -> str:
+    """The innermost cause of ``error`` (TensorStore's, under Orbax's), on one short line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def _restore(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The tree saved at ``step``; ``FileDamagedError`` if its files cannot be read."""
+    _drop_abandoned_read_reports()
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        others = ", ".join(str(s) for s in manager.all_steps() if s != step)
+        elsewhere = f"read another step with --step ({others}), " if others else ""
+        raise FileDamagedError(
+            f"the checkpoint at step {step} in {manager.directory} is damaged ({_reason(e)}); "
+            f"{elsewhere}restore it from a copy, or train again in a new workdir"
+        ) from e
 
 
 def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
@@ -75,4 +139,4 @@ def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
         if step not in steps:
             available = ", ".join(map(str, steps))
             raise WorkdirError(f"no checkpoint at step {step} in {path}; available: {available}")
-        return manager.restore(step, args=ocp.args.StandardRestore()), step
+        return _restore(manager, step), step

@@ -31,6 +31,17 @@ def _config_load_reason(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def _config_field_error(error: Exception) -> str:
+    """The message for ml_collections' AttributeError or KeyError, which also come from a
+    config file cut short or of another kind (no get_config, or one that returns None)."""
+    if getattr(error, "name", None) == "get_config":
+        return "cannot load the config file: it defines no get_config() (see configs/*.py)"
+    if "NoneType" in str(error):
+        return "cannot load the config file: its get_config() returned None (cut short?)"
+    field = str(error).strip("'\"")
+    return f"unknown config field {field!r}; see nin_jax/configs/default.py for the fields"
+
+
 def _split_unset_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """(argv without ``--config.FIELD=None``, those FIELDs): ml_collections would parse
     'None' as a number or a string."""
@@ -73,9 +84,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         fail(f"{e} (--helpshort lists the flags)")
     except (AttributeError, KeyError) as e:  # ml_collections: no such config field.
-        field = str(e).strip("'\"")
-        fail(f"unknown config field {field!r}; see nin_jax/configs/default.py for the fields")
-    except (OSError, SyntaxError, ImportError) as e:  # The config file cannot be loaded.
+        fail(_config_field_error(e))
+    except (OSError, SyntaxError, ImportError, NameError) as e:  # The config file cannot be loaded.
         fail(f"cannot load the config file: {_config_load_reason(e)}")
     except errors.NinError as e:
         fail(str(e))

@@ -11,20 +11,26 @@ resumed at step ``s``, on any number of hosts, sees the same batches as one that
 never stopped, with no pipeline state to checkpoint. Evaluation batches cover
 every example exactly once; the last batch is padded and its padding has
 ``mask == 0``.
+
+Batches hold uint8 images and int32 labels only, so the host's work per image
+is a copy of its bytes: preprocessing and augmentation run on the devices,
+inside the jitted steps (``nin_jax.preprocessing``, ``nin_jax.augmentation``).
 """
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 import nin_jax.datasets.digits  # noqa: F401  (registers the embedded `digits` builder)
 from nin_jax.config_validation import DATASETS
-from nin_jax.errors import DatasetError
+from nin_jax.errors import DatasetError, FileDamagedError
 
 # TF is only the input pipeline here: it must never take an accelerator from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -46,12 +52,25 @@ class Split:
         return len(self.labels)
 
 
+def _damaged(name: str, where: str, error: Exception) -> FileDamagedError:
+    """A prepared dataset whose files TFDS cannot read (cut short, corrupt, replaced)."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error)).strip()  # TF's "{{function_node ...}}"
+    reason = f"{type(error).__name__}: {text.splitlines()[0][:160] if text else ''}"
+    return FileDamagedError(
+        f"the prepared dataset {name!r} in {where} is damaged ({reason}); delete that "
+        f"directory and prepare it again (`tfds build {name}`; digits prepares itself)"
+    )
+
+
 def get_builder(name: str, data_dir: str | None, try_gcs: bool = False):
     """The prepared TFDS builder of ``name``; prepares it if needed (offline for ``digits``)."""
     known = KNOWN_DATASETS + nin_jax.datasets.digits.CONFIG_NAMES
     if name not in known:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(known)}")
-    builder = tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
+    except (json_format.ParseError, RuntimeError, ValueError, OSError) as e:  # dataset_info.json
+        raise _damaged(name, data_dir or "TFDS's data dir", e) from e
     try:
         builder.download_and_prepare()
     except Exception as e:  # TFDS raises many types when offline or misconfigured.
@@ -91,6 +110,8 @@ def load_split(
     try:
         ds = builder.as_dataset(split=split).batch(_LOAD_CHUNK)
         chunks = list(tfds.as_numpy(ds))
+    except tf.errors.OpError as e:  # A shard cut short or corrupt (DataLossError, ...).
+        raise _damaged(builder.name, builder.data_dir, e) from e
     except (ValueError, KeyError, AssertionError) as e:
         available = ", ".join(builder.info.splits.keys())
         raise DatasetError(
@@ -100,38 +121,6 @@ def load_split(
         images=np.concatenate([c["image"] for c in chunks]),
         labels=np.concatenate([c["label"] for c in chunks]).astype(np.int32),
     )
-
-
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 images."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
-    mean = pixels.mean(0)
-    std = np.sqrt(np.maximum((pixels**2).mean(0) - mean**2, 1e-12))
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def crop_flip(
-    images: tf.Tensor, seed: tf.Tensor, pad: int = 4, rows: tuple[int, int] | None = None
-) -> tf.Tensor:
-    """Per image: a random translation by up to ``pad`` pixels (zero-padded), then a
-    horizontal flip with probability 1/2; a pure function of the stateless ``seed``.
-
-    ``rows=(first, total)``: ``images`` are rows ``first..`` of a batch of ``total``;
-    the randomness is drawn for all ``total`` rows, so each row's transform does not
-    depend on how the batch is split between processes.
-    """
-    shape = tf.shape(images)
-    size, height, width = shape[0], shape[1], shape[2]
-    first, total = rows if rows is not None else (0, size)
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    offsets = tf.random.stateless_uniform((total, 2), crop_seed, maxval=2 * pad + 1, dtype=tf.int32)
-    offsets = offsets[first : first + size]
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    rows = offsets[:, :1] + tf.range(height)[None]
-    cols = offsets[:, 1:] + tf.range(width)[None]
-    cropped = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
-    flip = (tf.random.stateless_uniform((total,), flip_seed) < 0.5)[first : first + size]
-    return tf.where(flip[:, None, None, None], tf.reverse(cropped, [2]), cropped)
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -153,20 +142,17 @@ def train_batches(
     split: Split,
     *,
     global_batch_size: int,
-    preprocess: Callable[[tf.Tensor], tf.Tensor],
     seed: int,
     start_step: int = 0,
-    augment: str = "none",
+    indices_only: bool = False,
 ) -> Iterator[Batch]:
-    """Endless local training batches, starting at global step ``start_step``.
+    """Endless local training batches of uint8 images and int32 labels, from step ``start_step``.
 
     ``split`` is the whole training split. Global batch ``b`` of epoch ``e`` is
     ``permutation(seed, e)[b * G:(b + 1) * G]``; process ``i`` yields its rows
     ``[i * L, (i + 1) * L)``, the rows ``make_array_from_process_local_data``
-    gives its devices on a 'data' mesh ordered by process. ``preprocess`` maps a
-    uint8 batch to float32; ``augment`` ('none' or 'crop_flip') is applied after
-    it, drawn for the whole global batch from (seed, step), so batches do not
-    depend on the number of processes.
+    gives its devices on a 'data' mesh ordered by process. ``indices_only``:
+    yield only the rows' indices (``{'index'}``), for a split held on the devices.
     """
     batch_size = local_batch_size(global_batch_size)
     per_epoch = steps_per_epoch(split, global_batch_size)
@@ -175,10 +161,8 @@ def train_batches(
             f"the training split has {len(split)} examples, fewer than one batch of "
             f"{global_batch_size}"
         )
-    images, labels = tf.constant(split.images), tf.constant(split.labels)
     count = len(split)
     first_row = jax.process_index() * batch_size
-    augment_seed = tf.constant([seed, 1], tf.int64)
 
     def epoch_index_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
@@ -189,27 +173,20 @@ def train_batches(
 
     first_epoch = start_step // per_epoch
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch_index_batches)
-    ds = ds.skip(start_step - first_epoch * per_epoch).enumerate(start=start_step)
-
-    def make_batch(step, idx):
-        batch = preprocess(tf.gather(images, idx))
-        if augment == "crop_flip":
-            step_seed = tf.random.experimental.stateless_fold_in(augment_seed, step)
-            batch = crop_flip(batch, step_seed, rows=(first_row, global_batch_size))
-        return {"image": batch, "label": tf.gather(labels, idx)}
-
-    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.skip(start_step - first_epoch * per_epoch)
+    if indices_only:
+        ds = ds.map(lambda idx: {"index": idx})
+    else:
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+        ds = ds.map(
+            lambda idx: {"image": tf.gather(images, idx), "label": tf.gather(labels, idx)},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return _as_numpy(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def eval_batches(
-    split: Split,
-    *,
-    global_batch_size: int,
-    preprocess: Callable[[tf.Tensor], tf.Tensor],
-    num_batches: int,
-) -> Iterator[Batch]:
-    """``num_batches`` local batches covering the split once; padding has ``mask == 0``."""
+def eval_batches(split: Split, *, global_batch_size: int, num_batches: int) -> Iterator[Batch]:
+    """``num_batches`` local uint8 batches covering the split once; padding has ``mask == 0``."""
     batch_size = local_batch_size(global_batch_size)
     padded = num_batches * batch_size
     if padded < len(split):
@@ -219,11 +196,7 @@ def eval_batches(
     labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
     mask = (np.arange(padded) < len(split)).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask})
-    ds = ds.batch(batch_size).map(
-        lambda b: {**b, "image": preprocess(b["image"])},
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return _as_numpy(ds.prefetch(tf.data.AUTOTUNE))
+    return _as_numpy(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def num_eval_batches(total_examples: int, global_batch_size: int) -> int:

@@ -5,13 +5,14 @@ python -m nin_jax.plot --workdir=/tmp/nin_digits [--output=curves.png]
 
 import json
 import os
+import sys
 
 import numpy as np
 from absl import flags
 
 from nin_jax import cli, reporting
 from nin_jax import workdir as workdir_lib
-from nin_jax.errors import WorkdirError
+from nin_jax.errors import FileDamagedError, WorkdirError
 
 FLAGS = flags.FLAGS
 
@@ -19,22 +20,62 @@ FIGSIZE = (10.0, 7.0)  # inches; with DPI this fixes the PNG's pixel size.
 DPI = 100
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_record(line: bytes) -> tuple[str, int, dict[str, float]] | None:
+    """(split, step, numeric scalars) of one metrics.jsonl line; None if it is not a record."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # Not JSON, or not UTF-8: a line cut short or damaged.
+        return None
+    if not isinstance(record, dict):
+        return None
+    split, step = record.pop("split", None), record.pop("step", None)
+    if not (isinstance(split, str) and isinstance(step, int) and not isinstance(step, bool)):
+        return None
+    return split, step, {k: v for k, v in record.items() if _is_number(v)}
+
+
 def read_metrics(path: str) -> dict[str, dict[int, dict[str, float]]]:
-    """{split: {step: scalars}}; a step logged twice (a resumed run) keeps its last record."""
-    if not os.path.exists(path):
-        raise WorkdirError(f"{path} is missing: train first (python -m nin_jax.main)")
+    """{split: {step: scalars}}; a step logged twice (a resumed run) keeps its last record.
+
+    Lines that are not records (one cut short by a crash in the middle of a write, and
+    the next run's first record appended to it) are skipped with a one-line warning on
+    stderr; a file with no record at all is an error.
+    """
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise WorkdirError(f"{path} is missing: train first (python -m nin_jax.main)") from None
+    except OSError as e:  # A directory in its place, no permission, ...
+        raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
     curves: dict[str, dict[int, dict[str, float]]] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                curves.setdefault(record.pop("split"), {})[int(record.pop("step"))] = record
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise WorkdirError(f"{path}:{number} is not a metrics record") from None
-    if not curves:
+    skipped = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _parse_record(line)
+        if record is None:
+            skipped.append(number)
+            continue
+        split, step, scalars = record
+        curves.setdefault(split, {})[step] = scalars
+    if not curves and not skipped:
         raise WorkdirError(f"{path} holds no metrics yet")
+    if not curves:
+        raise FileDamagedError(
+            f"{path} is damaged (none of its lines is a metrics record); restore it from a "
+            "copy, or see the same metrics with `tensorboard --logdir` on the workdir"
+        )
+    if skipped:
+        print(
+            f"warning: {path}: skipped {len(skipped)} line(s) that are not metrics records "
+            f"(first: line {skipped[0]}; a write cut short?)",
+            file=sys.stderr,
+        )
     return curves
 
 

@@ -6,15 +6,12 @@ whose shapes are checked against the model's: no training data is read.
 """
 
 import dataclasses
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from nin_jax import checkpointing, models, preprocessing
 from nin_jax import workdir as workdir_lib
@@ -31,24 +28,21 @@ class Trained:
     params: Any
     step: int
 
-    @functools.cached_property
-    def _preprocess(self) -> Callable:
-        return preprocessing.from_params(self.info.preprocess, self.info.preprocess_params)
-
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32, exactly as the training pipeline preprocesses."""
-        return np.asarray(self._preprocess(tf.constant(images)))
-
     def apply(self, images: np.ndarray, method: str = "__call__", batch_size: int = 256):
-        """The model (or one of its methods) on uint8 images, in fixed-size jitted batches."""
-        fn = jax.jit(
-            lambda x: self.model.apply(
+        """The model (or one of its methods) on uint8 images, preprocessed as in training,
+        in fixed-size jitted batches."""
+        stats = self.info.preprocess_params
+
+        @jax.jit
+        def fn(pixels):
+            x = preprocessing.apply(self.info.preprocess, stats, pixels)
+            return self.model.apply(
                 {"params": self.params}, x, train=False, method=getattr(self.model, method)
             )
-        )
+
         outputs = []
         for start in range(0, len(images), batch_size):
-            chunk = self.normalize(images[start : start + batch_size])
+            chunk = images[start : start + batch_size]
             pad = batch_size - len(chunk) if len(images) > batch_size else 0
             padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
             outputs.append(np.asarray(fn(padded))[: len(chunk)])

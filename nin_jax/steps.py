@@ -4,8 +4,14 @@ The batch is sharded along the mesh axis 'data' and the train state is
 replicated; XLA inserts the gradient all-reduce. The same code runs on one CPU,
 on several devices of one host and on many hosts (after
 ``jax.distributed.initialize``). Nothing here imports TensorFlow.
+
+The host hands the steps uint8 images and integer labels (or, with the training
+split on the devices, only the rows' indices); preprocessing and augmentation
+happen inside the compiled steps (``Inputs``), with the fitted statistics as
+arguments.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -16,8 +22,10 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nin_jax import health
+from nin_jax import augmentation, health, preprocessing
 from nin_jax.models import NIN
+
+Batch = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
@@ -90,18 +98,65 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
     }
 
 
-def compile_steps(mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-    """``train_step`` and ``eval_step`` jitted for this mesh: batch on 'data', state replicated."""
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """How the steps turn what the host hands them into the model's input.
+
+    ``stats`` are the preprocessing statistics (``nin_jax.statistics``);
+    ``table`` is the uint8 training split on the devices ({'image', 'label'},
+    with ``config.data_on_device``) or None.
+    """
+
+    preprocess: str  # config.preprocess
+    augment: str  # config.augment
+    seed: int  # config.seed: augmentation draws are a function of (seed, step, row)
+
+    def train_batch(self, stats: Batch, table: Batch | None, batch: Batch, step) -> Batch:
+        if "index" in batch:  # Gather the rows from the split on the devices.
+            batch = {key: table[key][batch["index"]] for key in ("image", "label")}
+        images = preprocessing.apply(self.preprocess, stats, batch["image"])
+        images = augmentation.apply(self.augment, images, self.seed, step)
+        return {"image": images, "label": batch["label"]}
+
+    def eval_batch(self, stats: Batch, batch: Batch) -> Batch:
+        return {**batch, "image": preprocessing.apply(self.preprocess, stats, batch["image"])}
+
+
+def compile_steps(mesh: jax.sharding.Mesh, inputs: Inputs) -> tuple[Callable, Callable]:
+    """The jitted steps for this mesh, batch on 'data', everything else replicated.
+
+    ``jit_train(state, batch, dropout_rng, stats, table) -> (state, metrics)`` (the
+    state is donated) and ``jit_eval(state, batch, stats) -> sums``.
+    """
+
+    def train_on_inputs(state, batch, dropout_rng, stats, table):
+        prepared = inputs.train_batch(stats, table, batch, state.step)
+        return train_step(state, prepared, dropout_rng)
+
+    def eval_on_inputs(state, batch, stats):
+        return eval_step(state, inputs.eval_batch(stats, batch))
+
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
     jit_train = jax.jit(
-        train_step,
-        in_shardings=(replicated, data, replicated),
+        train_on_inputs,
+        in_shardings=(replicated, data, replicated, replicated, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
     )
-    jit_eval = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
+    jit_eval = jax.jit(
+        eval_on_inputs, in_shardings=(replicated, data, replicated), out_shardings=replicated
+    )
     return jit_train, jit_eval
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """Host arrays that every process holds whole, as arrays replicated on every device."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index]),
+        tree,
+    )
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

@@ -37,11 +37,11 @@ from nin_jax import (
     input_pipeline,
     models,
     optimizer,
-    preprocessing,
     profiling,
     reporting,
     shutdown,
     splits,
+    statistics,
     steps,
 )  # fmt: skip
 from nin_jax import workdir as workdir_lib
@@ -58,8 +58,7 @@ class Data:
     train: input_pipeline.Split  # the whole training split
     eval: input_pipeline.Split  # this process's part of the evaluation split
     eval_total: int  # examples of the evaluation split over all processes
-    info: workdir_lib.DatasetInfo
-    preprocess: preprocessing.Preprocess
+    info: workdir_lib.DatasetInfo  # with the preprocessing statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +89,10 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
     train_split, eval_split = splits.load_train_and_eval(config, builder)
     split_name = config.train_split + ("-validation" if config.validation else "")
-    stats_file = preprocessing.stats_path(
+    stats_file = statistics.stats_path(
         config.data_dir or builder.data_dir_root, config.dataset, split_name
     )
-    params = preprocessing.fit(config.preprocess, train_split, stats_file)
+    params = statistics.fit(config.preprocess, train_split, stats_file)
     info = workdir_lib.DatasetInfo(
         dataset=config.dataset,
         class_names=tuple(builder.info.features["label"].names),
@@ -106,7 +105,6 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         eval=eval_split,
         eval_total=total_over_processes(len(eval_split)),
         info=info,
-        preprocess=preprocessing.from_params(config.preprocess, params),
     )
 
 
@@ -119,12 +117,13 @@ def total_over_processes(count: int) -> int:
 
 
 def evaluate(
-    state: TrainState, jit_eval: Callable, batches: Iterator[input_pipeline.Batch], mesh
+    state: TrainState, eval_fn: Callable, batches: Iterator[input_pipeline.Batch], mesh
 ) -> Metrics:
-    """Loss, accuracy and error of ``state`` over every example of ``batches`` (padding masked)."""
+    """Loss, accuracy and error of ``state`` over every example of ``batches`` (padding masked);
+    ``eval_fn(state, global_batch)`` is the jitted eval step."""
     totals = None
     for batch in batches:
-        sums = jit_eval(state, steps.to_global(batch, mesh))
+        sums = eval_fn(state, steps.to_global(batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
@@ -238,15 +237,19 @@ def train_and_evaluate(
                 start_step=start_step,
             )  # fmt: skip
         )
-        jit_train, jit_eval = steps.compile_steps(mesh)
+        inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
+        jit_train, jit_eval = steps.compile_steps(mesh, inputs)
+        stats = steps.replicate(data.info.preprocess_params, mesh)
+        table = None
+        if config.data_on_device:
+            table = steps.replicate({"image": data.train.images, "label": data.train.labels}, mesh)
         num_eval_batches = input_pipeline.num_eval_batches(data.eval_total, config.batch_size)
 
         def evaluate_state(state: TrainState) -> Metrics:
             batches = input_pipeline.eval_batches(
-                data.eval, global_batch_size=config.batch_size, preprocess=data.preprocess,
-                num_batches=num_eval_batches,
-            )  # fmt: skip
-            return evaluate(state, jit_eval, batches, mesh)
+                data.eval, global_batch_size=config.batch_size, num_batches=num_eval_batches
+            )
+            return evaluate(state, lambda st, batch: jit_eval(st, batch, stats), batches, mesh)
 
         window = MetricsWindow(workdir)
 
@@ -278,12 +281,13 @@ def train_and_evaluate(
 
         signals = stack.enter_context(shutdown.StopSignals())
         batches = input_pipeline.train_batches(
-            data.train, global_batch_size=config.batch_size, preprocess=data.preprocess,
-            seed=config.seed, start_step=start_step, augment=config.augment,
+            data.train, global_batch_size=config.batch_size, seed=config.seed,
+            start_step=start_step, indices_only=config.data_on_device,
         )  # fmt: skip
         train_start = time.perf_counter()
         for step in range(start_step + 1, schedule.total_steps + 1):
-            state, metrics = jit_train(state, steps.to_global(next(batches), mesh), dropout_rng)
+            batch = steps.to_global(next(batches), mesh)
+            state, metrics = jit_train(state, batch, dropout_rng, stats, table)
             window.append(metrics)
             reporter.tick(step)
             if signals.requested(step):  # Save this step and stop; no evaluation.

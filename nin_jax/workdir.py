@@ -23,7 +23,6 @@ import os
 import socket
 import zipfile
 import zlib
-from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -53,13 +52,12 @@ _DATASET_REMEDY = (
     "training writes it when it starts: rerun `python -m nin_jax.main` with this workdir's "
     "config (it resumes from the newest checkpoint), or restore it from a copy"
 )
-# What np.load raises for bytes that are not a readable .npz file: zipfile's BadZipFile
-# (and RuntimeError or NotImplementedError for flags it does not handle, zlib.error for a
-# damaged compressed member), EOFError for no data, ValueError for a damaged .npy header
-# or pickled data, KeyError for an array that is not there.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # How a .npz file (a zip archive) begins.
+# What np.load raises for a damaged zip archive: zipfile's BadZipFile (and RuntimeError or
+# NotImplementedError for flags it does not handle, zlib.error for a damaged compressed
+# member), EOFError for too few bytes, ValueError for a damaged .npy header.
 _NPZ_ERRORS = (
-    zipfile.BadZipFile, EOFError, ValueError, KeyError, RuntimeError, NotImplementedError,
-    zlib.error,
+    zipfile.BadZipFile, EOFError, ValueError, RuntimeError, NotImplementedError, zlib.error
 )  # fmt: skip
 
 
@@ -181,33 +179,29 @@ def _read_json(path: str, written_by: str, remedy: str) -> dict[str, Any]:
     return raw
 
 
-def _load_npz(data: bytes, names: Iterable[str]) -> dict[str, np.ndarray]:
-    """The arrays ``names`` of the .npz file ``data``; raises one of ``_NPZ_ERRORS`` if
-    ``data`` is not such a file."""
-    loaded = np.load(io.BytesIO(data))
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError("a .npy array, not a .npz file")
-    with loaded as npz:
-        return {name: npz[name] for name in names}
-
-
 def read_npz(
     path: str, data: bytes, shapes: dict[str, tuple[int, ...]], remedy: str
 ) -> dict[str, np.ndarray]:
     """The float arrays named in ``shapes`` from the .npz file ``data`` (read from
     ``path``); ``FileDamagedError`` saying ``remedy`` if they cannot be read or have
     other shapes."""
+    if not data:
+        raise _damaged(path, "empty", remedy)
+    if not data.startswith(_ZIP_MAGIC):  # np.load would try it as a pickle or a .npy file.
+        raise _damaged(path, "not a .npz file", remedy)
     try:
-        arrays = _load_npz(data, shapes)
+        with np.load(io.BytesIO(data)) as npz:
+            arrays = {name: npz[name] for name in npz.files}
     except _NPZ_ERRORS as e:
-        reason = "empty" if not data else f"not a .npz file of this kind: {_first_line(e)}"
-        raise _damaged(path, reason, remedy) from None
+        raise _damaged(path, f"not a readable .npz file: {_first_line(e)}", remedy) from None
     for name, shape in shapes.items():
+        if name not in arrays:
+            raise _damaged(path, f"no array {name!r}; it holds {sorted(arrays)}", remedy)
         array = arrays[name]
         if array.shape != shape or not np.issubdtype(array.dtype, np.floating):
             reason = f"{name} is {array.dtype} {array.shape}, not float {shape}"
             raise _damaged(path, reason, remedy)
-    return arrays
+    return {name: arrays[name] for name in shapes}
 
 
 def preprocess_shapes(preprocess: str, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

@@ -4,10 +4,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from helpers import load_config
 
-from nin_jax import input_pipeline, preprocessing, splits
+from nin_jax import input_pipeline, splits
 
 
 def rows(split):
@@ -46,13 +45,10 @@ def test_two_processes_read_disjoint_parts_that_cover_the_split(digits, split, d
 def test_eval_batches_cover_1001_examples_once_on_one_and_two_processes(digits, monkeypatch):
     whole = input_pipeline.load_split(digits, "train[:1001]", drop_remainder=False)
     assert len(whole) == 1001
-    identity = preprocessing.create_preprocess("standardize", whole)
 
     def unmasked(split, num_batches):
         batches = list(
-            input_pipeline.eval_batches(
-                split, global_batch_size=128, preprocess=identity, num_batches=num_batches
-            )
+            input_pipeline.eval_batches(split, global_batch_size=128, num_batches=num_batches)
         )
         mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
         return len(batches), np.concatenate([b["label"] for b in batches])[mask], mask.sum()
@@ -121,17 +117,11 @@ def test_svhn_validation_under_mock_data(monkeypatch, tmp_path):
     assert len(train_part) > 80  # The tails of train and extra plus the heads' other examples.
 
 
-def to_float(images):
-    return tf.cast(images, tf.float32)
-
-
 def test_eval_batches_cover_every_example_once():
     split = input_pipeline.Split(
         images=np.zeros((37, 4, 4, 1), np.uint8), labels=np.arange(37, dtype=np.int32)
     )
-    batches = list(
-        input_pipeline.eval_batches(split, global_batch_size=8, preprocess=to_float, num_batches=5)
-    )
+    batches = list(input_pipeline.eval_batches(split, global_batch_size=8, num_batches=5))
     assert [len(b["label"]) for b in batches] == [8] * 5
     seen = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
     np.testing.assert_array_equal(np.sort(seen), np.arange(37))
@@ -142,7 +132,7 @@ def test_train_batches_are_a_function_of_seed_and_step():
         images=np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1),
         labels=np.arange(40, dtype=np.int32),
     )
-    kwargs = dict(global_batch_size=8, preprocess=to_float, seed=3)
+    kwargs = dict(global_batch_size=8, seed=3)
     stream = input_pipeline.train_batches(split, **kwargs)
     first = [next(stream)["label"] for _ in range(12)]  # 5 steps per epoch: crosses epochs.
     later = input_pipeline.train_batches(split, start_step=7, **kwargs)

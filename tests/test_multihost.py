@@ -12,17 +12,14 @@ import helpers
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 from helpers import run_cli
 
 from nin_jax import input_pipeline
 
 pytestmark = pytest.mark.slow
 STEPS = 6
-
-
-def to_float(images):
-    return tf.cast(images, tf.float32)
+# Augmented: the crop/flip draws must not depend on how the batch is split either.
+SHARED_RUN = {"num_train_steps": STEPS, "checkpoint_every_steps": 3, "augment": "crop_flip"}
 
 
 def assert_params_close(actual: dict, expected: dict, atol: float = 1e-5) -> None:
@@ -35,9 +32,7 @@ def assert_params_close(actual: dict, expected: dict, atol: float = 1e-5) -> Non
 def reference(tmp_path_factory, digits_data_dir):
     """One process, 4 devices, checkpoints at steps 3 and 6."""
     workdir = tmp_path_factory.mktemp("reference")
-    args = helpers.train_args(
-        workdir, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
-    )
+    args = helpers.train_args(workdir, digits_data_dir, **SHARED_RUN)
     assert helpers.run(args, devices=4, log_path=workdir / "log.txt") == 0, (
         workdir / "log.txt"
     ).read_text()[-3000:]
@@ -45,9 +40,7 @@ def reference(tmp_path_factory, digits_data_dir):
 
 
 def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
-    args = helpers.train_args(
-        tmp_path, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
-    )
+    args = helpers.train_args(tmp_path, digits_data_dir, **SHARED_RUN)
     processes = helpers.start_processes(args, 2, tmp_path)
     codes = helpers.wait_all(processes, timeout=600)
     logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
@@ -87,9 +80,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data
 def test_resume_on_one_device_from_four(tmp_path, digits_data_dir, reference):
     """A checkpoint of a 4-device run resumes on 1 device and ends where the 4-device run did."""
     shutil.copytree(reference / "checkpoints" / "3", tmp_path / "checkpoints" / "3")
-    args = helpers.train_args(
-        tmp_path, digits_data_dir, num_train_steps=STEPS, checkpoint_every_steps=3
-    )
+    args = helpers.train_args(tmp_path, digits_data_dir, **SHARED_RUN)
     code = helpers.run(args, devices=1, log_path=tmp_path / "log.txt")
     log = (tmp_path / "log.txt").read_text()
     assert code == 0, log[-3000:]
@@ -103,8 +94,7 @@ def local_train_batches(split, monkeypatch, process: int, processes: int, start_
     monkeypatch.setattr(jax, "process_index", lambda: process)
     monkeypatch.setattr(jax, "process_count", lambda: processes)
     batches = input_pipeline.train_batches(
-        split, global_batch_size=8, preprocess=to_float, seed=3,
-        start_step=start_step,
+        split, global_batch_size=8, seed=3, start_step=start_step,
     )  # fmt: skip
     return [next(batches)["label"] for _ in range(4)]
 

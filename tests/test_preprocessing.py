@@ -1,9 +1,11 @@
-"""Preprocessing and augmentation against direct numpy computations."""
+"""Preprocessing (on the devices), its statistics (on the host) and augmentation, against
+direct numpy computations."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
-from nin_jax import input_pipeline, preprocessing
+from nin_jax import augmentation, preprocessing, statistics
 from nin_jax.input_pipeline import Split
 
 RNG = np.random.default_rng(0)
@@ -54,17 +56,23 @@ def numpy_lcn(images: np.ndarray, size: int = 7, sigma: float = 2.0) -> np.ndarr
 def test_gcn_matches_numpy():
     images = random_images(5)
     images[0] = 7  # A flat image has norm 0 and must map to zeros, not NaN.
-    got = preprocessing.global_contrast_normalize(images).numpy()
+    got = np.asarray(jax.jit(preprocessing.global_contrast_normalize)(images))
     expected = numpy_gcn(images[1:])
     np.testing.assert_allclose(got[1:].reshape(4, -1), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[0], 0.0)
     np.testing.assert_allclose(np.linalg.norm(got[1:].reshape(4, -1), axis=1), 55.0, rtol=1e-5)
+    host = statistics.global_contrast_normalize(images)  # The fit's own (float64) version.
+    np.testing.assert_allclose(host, got.reshape(5, -1), rtol=1e-5, atol=1e-5)
+
+
+def preprocess(name: str, stats: dict, images: np.ndarray) -> np.ndarray:
+    return np.asarray(jax.jit(preprocessing.apply, static_argnums=0)(name, stats, images))
 
 
 def test_zca_matches_numpy_and_uses_training_data_only():
     train, test = random_images(300, size=4), random_images(50, size=4)
-    preprocess = preprocessing.create_preprocess("gcn_zca", Split(train, np.zeros(300, np.int32)))
-    got = preprocess(tf.constant(test)).numpy().reshape(50, -1)
+    stats = statistics.fit("gcn_zca", Split(train, np.zeros(300, np.int32)))
+    got = preprocess("gcn_zca", stats, test).reshape(50, -1)
 
     mean, whitening = numpy_zca_fit(train)
     np.testing.assert_allclose(got, (numpy_gcn(test) - mean) @ whitening, rtol=1e-5, atol=1e-5)
@@ -72,16 +80,16 @@ def test_zca_matches_numpy_and_uses_training_data_only():
     mean_all, whitening_all = numpy_zca_fit(np.concatenate([train, test]))
     assert np.abs(got - (numpy_gcn(test) - mean_all) @ whitening_all).max() > 1e-2
     # Whitened training data has covariance V diag(l / (l + bias)) V^T: eigenvalues in (0, 1).
-    white = preprocess(tf.constant(train)).numpy().reshape(300, -1)
+    white = preprocess("gcn_zca", stats, train).reshape(300, -1)
     eigenvalues = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
     assert eigenvalues.max() < 1.0 and eigenvalues.max() > 0.9
 
 
 def test_zca_statistics_are_saved_and_reused(tmp_path):
     train = Split(random_images(100, size=4), np.zeros(100, np.int32))
-    path = preprocessing.stats_path(str(tmp_path), "cifar10", "train[:40000]")
+    path = statistics.stats_path(str(tmp_path), "cifar10", "train[:40000]")
     assert path == str(tmp_path / "nin_jax_stats" / "cifar10-train_40000_-zca.npz")
-    first = preprocessing.create_preprocess("gcn_zca", train, path)
+    first = statistics.fit("gcn_zca", train, path)
     saved = np.load(path)
     mean, whitening = numpy_zca_fit(train.images)
     np.testing.assert_allclose(saved["mean"], mean, rtol=1e-5, atol=1e-5)
@@ -89,36 +97,44 @@ def test_zca_statistics_are_saved_and_reused(tmp_path):
 
     # A later run reads the file instead of fitting: other training data changes nothing.
     other = Split(random_images(100, size=4), np.zeros(100, np.int32))
-    again = preprocessing.create_preprocess("gcn_zca", other, path)
-    batch = tf.constant(random_images(3, size=4))
-    np.testing.assert_array_equal(first(batch).numpy(), again(batch).numpy())
+    again = statistics.fit("gcn_zca", other, path)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
 
 
 def test_lcn_matches_numpy():
     images = random_images(3, size=10)
     images[1, :, :, 2] = 100  # A flat channel is 0 where the window is off the zero padding.
-    got = preprocessing.local_contrast_normalize(tf.constant(images)).numpy()
+    got = preprocess("lcn", {}, images)
     np.testing.assert_allclose(got, numpy_lcn(images), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[1, 3:-3, 3:-3, 2], 0.0, atol=1e-5)
 
 
 def test_standardize_uses_training_channel_statistics():
     train = random_images(20)
-    preprocess = preprocessing.create_preprocess("standardize", Split(train, np.zeros(20)))
-    out = preprocess(tf.constant(train)).numpy()
+    stats = statistics.fit("standardize", Split(train, np.zeros(20)))
+    out = preprocess("standardize", stats, train)
     np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1.0, rtol=1e-5)
+    pixels = train.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(out.reshape(-1, 3), (pixels - pixels.mean(0)) / pixels.std(0),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
-def test_crop_flip_is_a_translated_maybe_flipped_copy_and_deterministic():
-    images = tf.constant(RNG.normal(size=(16, 8, 8, 2)).astype(np.float32))
-    seed = tf.constant([3, 7], tf.int64)
-    out = input_pipeline.crop_flip(images, seed).numpy()
-    np.testing.assert_array_equal(out, input_pipeline.crop_flip(images, seed).numpy())
-    other = input_pipeline.crop_flip(images, tf.constant([3, 8], tf.int64)).numpy()
-    assert not np.array_equal(out, other)
+def crop_flip(images: np.ndarray, seed: int, step: int) -> np.ndarray:
+    return np.asarray(
+        jax.jit(augmentation.crop_flip)(jnp.asarray(images), augmentation.step_key(seed, step))
+    )
 
-    padded = np.pad(images.numpy(), ((0, 0), (4, 4), (4, 4), (0, 0)))
+
+def test_crop_flip_is_a_translated_maybe_flipped_copy_and_a_function_of_seed_and_step():
+    images = RNG.normal(size=(16, 8, 8, 2)).astype(np.float32)
+    out = crop_flip(images, seed=3, step=7)
+    np.testing.assert_array_equal(out, crop_flip(images, seed=3, step=7))
+    assert not np.array_equal(out, crop_flip(images, seed=3, step=8))
+    assert not np.array_equal(out, crop_flip(images, seed=4, step=7))
+
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     seen = set()
     for image, pad in zip(out, padded, strict=True):
         matches = [
@@ -133,25 +149,3 @@ def test_crop_flip_is_a_translated_maybe_flipped_copy_and_deterministic():
         assert len(matches) == 1
         seen.add(matches[0])
     assert len({m[2] for m in seen}) == 2 and len(seen) > 8  # Both flips, varied offsets.
-
-
-def test_augmented_batches_are_a_function_of_seed_and_step():
-    split = Split(random_images(40, size=8), np.arange(40, dtype=np.int32) % 10)
-    preprocess = preprocessing.create_preprocess("standardize", split)
-
-    def batches(start_step, seed=0):
-        return input_pipeline.train_batches(
-            split, global_batch_size=8, preprocess=preprocess, seed=seed,
-            start_step=start_step, augment="crop_flip",
-        )  # fmt: skip
-
-    run = [next(it) for it in [batches(0)] for _ in range(7)]
-    resumed = batches(6)  # Step 6 is in the second epoch (5 steps per epoch).
-    np.testing.assert_array_equal(next(resumed)["image"], run[6]["image"])
-    plain = input_pipeline.train_batches(
-        split, global_batch_size=8, preprocess=preprocess, seed=0, start_step=6
-    )
-    first = next(plain)
-    np.testing.assert_array_equal(first["label"], run[6]["label"])
-    assert not np.array_equal(first["image"], run[6]["image"])
-    assert not np.array_equal(next(batches(6, seed=1))["image"], run[6]["image"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, load_config
 
-from nin_jax import models, optimizer, preprocessing, train
+from nin_jax import models, optimizer, statistics, train
 
 RECIPES = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py") if p.stem != "__init__")
 MOCK_EXAMPLES = 24
@@ -54,7 +54,7 @@ def expected_params(config) -> int:
 
 def seed_zca_cache(data_dir: str) -> None:
     for dataset in ("cifar10", "cifar100"):
-        path = preprocessing.stats_path(data_dir, dataset, "train")
+        path = statistics.stats_path(data_dir, dataset, "train")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path, mean=np.zeros(3072, np.float32), whitening=np.eye(3072, dtype=np.float32))
 

@@ -25,7 +25,7 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # What Orbax names a checkpoint it is stil
 def args(workdir, data_dir):
     return helpers.train_args(
         workdir, data_dir, num_train_steps=STEPS, checkpoint_every_steps=EVERY,
-        log_every_steps=100, eval_every_steps=10_000,
+        log_every_steps=100, eval_every_steps=10_000, augment="crop_flip",
     )  # fmt: skip
 
 

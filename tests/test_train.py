@@ -46,3 +46,17 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, digits_data_dir):
     uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / "straight"))
     for a, b in zip(params_of(resumed), params_of(uninterrupted), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_the_split_on_the_devices_trains_exactly_as_host_batches(tmp_path, digits_data_dir):
+    """config.data_on_device gathers the same rows on the devices: the same training."""
+    trained = {}
+    for on_device in (False, True):
+        config = load_config(
+            "digits", data_dir=digits_data_dir, num_train_steps=4, augment="crop_flip",
+            data_on_device=on_device,
+        )  # fmt: skip
+        state, _ = train.train_and_evaluate(config, str(tmp_path / f"on_device_{on_device}"))
+        trained[on_device] = params_of(state)
+    for a, b in zip(trained[False], trained[True], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.preprocess = "standardize"
     # 'none' or 'crop_flip' (pad 4, random crop back to size, horizontal flip).
     config.augment = "none"
+    # True: put the uint8 training split on every device once and gather each
+    # batch there (no host work per step); see docs/PERFORMANCE.md for when.
+    config.data_on_device = False
 
     # --- Model (fields of nin_jax.models.NIN) ---------------------------------
     config.model = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""Runs a few train steps on one fixed global batch and prints losses and a params checksum.
+"""Runs a few train steps on one fixed uint8 global batch (standardised and cropped/flipped on
+the devices) and prints the losses and a checksum of the parameters.
 
 Run under different XLA_FLAGS=--xla_force_host_platform_device_count=N to compare device counts,
 or call ``fixed_batch_training`` in a process that already has its devices.
@@ -22,7 +23,7 @@ from nin_jax import models, optimizer, steps  # noqa: E402
 
 def fixed_batch_training() -> dict:
     """Losses of 3 steps and the final parameters' absolute sum, on this process's devices."""
-    config = load_config("cifar10", batch_size=16)
+    config = load_config("cifar10_augmented", batch_size=16, preprocess="standardize")
     mesh = steps.create_mesh()
     model = models.from_config(config, num_classes=10)
     tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 10, 10))
@@ -33,13 +34,18 @@ def fixed_batch_training() -> dict:
     state = init(jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = {
-        "image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+        "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
         "label": rng.integers(0, 10, 16).astype(np.int32),
     }
-    jit_train, _ = steps.compile_steps(mesh)
+    stats = steps.replicate(
+        {"mean": np.full(3, 120.0, np.float32), "std": np.full(3, 60.0, np.float32)}, mesh
+    )
+    inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
+    jit_train, _ = steps.compile_steps(mesh, inputs)
     losses = []
     for _ in range(3):
-        state, metrics = jit_train(state, steps.to_global(batch, mesh), jax.random.key(1))
+        global_batch = steps.to_global(batch, mesh)
+        state, metrics = jit_train(state, global_batch, jax.random.key(1), stats, None)
         losses.append(float(metrics["loss"]))
     checksum = float(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params)))
     return {"devices": jax.device_count(), "losses": losses, "checksum": checksum}
