@@ -9,7 +9,8 @@ Three parts (``--parts``, default all):
 * ``step``: the jitted train and eval steps ``nin_jax.train`` runs, on the state it
   builds, fed a synthetic uint8 batch already on the devices (preprocessing and
   augmentation included, as in training), timed after compilation; and the
-  same step fed from host memory each time (``fed_images_per_sec``).
+  same step fed from host memory each time (``fed_images_per_sec``). With
+  ``--config.num_models=K``, ``model_images_per_sec`` is K x images/s.
 * ``input``: the tf.data pipeline alone, on synthetic uint8 images of the
   dataset's shape held in memory: images/s, the host CPU time spent per image
   (all threads) and the bytes per image handed to the devices.
@@ -33,11 +34,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from nin_jax import cli, config_validation, models, optimizer, steps
+from nin_jax import cli, config_validation, ensemble, models, optimizer, steps
 
 PARTS = ("step", "input", "loop")
 # (image shape, classes) of each dataset, as its TFDS builder declares them, and the
@@ -109,16 +108,12 @@ def _seconds_per_call(fn: Callable[[], Any], calls: int) -> float:
 def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: int) -> dict:
     """Compile time and images/s of the jitted train and eval steps."""
     shape, num_classes, _ = DATASETS[config.dataset]
-    mesh = steps.create_mesh()
+    mesh = steps.create_mesh(config.num_models)
     model = models.from_config(config, num_classes)
-    learning_rate_fn = optimizer.create_learning_rate_fn(config, max(1, num_steps), 10**6)
+    peak = 1.0 if optimizer.is_injected(config) else None
+    learning_rate_fn = optimizer.create_learning_rate_fn(config, max(1, num_steps), 10**6, peak)
     tx = optimizer.create_optimizer(config, learning_rate_fn)
-    params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    init = jax.jit(
-        lambda rng: steps.create_train_state(rng, model, shape, tx),
-        out_shardings=NamedSharding(mesh, P()),
-    )
-    state = init(params_rng)
+    state, dropout_rng = ensemble.create_state(config, model, shape, tx, mesh)
     batch_size = config.batch_size // jax.process_count()
     split = synthetic_split(config, 4 * batch_size)
     host_batch = {key: value[:batch_size] for key, value in split.items()}
@@ -131,7 +126,7 @@ def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: i
     train_batch = steps.to_global(train_input, mesh)
     eval_batch = steps.to_global({**host_batch, "mask": np.ones(batch_size, np.float32)}, mesh)
     inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
-    jit_train, jit_eval = steps.compile_steps(mesh, inputs)
+    jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
 
     start = time.perf_counter()
     train_fn = jit_train.lower(state, train_batch, dropout_rng, stats, table).compile()
@@ -154,6 +149,7 @@ def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: i
     eval_seconds = _seconds_per_call(lambda: eval_fn(state, eval_batch, stats), num_steps)
     return {
         "train_images_per_sec": round(config.batch_size / train_seconds, 2),
+        "model_images_per_sec": round(config.num_models * config.batch_size / train_seconds, 2),
         "fed_images_per_sec": round(config.batch_size / fed_seconds, 2),
         "eval_images_per_sec": round(config.batch_size / eval_seconds, 2),
         "compile_seconds": round(compile_seconds, 2),
@@ -232,6 +228,7 @@ def run(
         "dtype": config.dtype,
         "conv_impl": models.resolve_conv_impl(config.model.conv_impl),
         "data_on_device": config.data_on_device,
+        "num_models": config.num_models,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
@@ -259,6 +256,8 @@ def main(argv: list[str]) -> None:
         if _DTYPE.value is not None:
             config.dtype = _DTYPE.value
     config_validation.validate(config)
+    if _TORCH_SCRIPT.value and "step" not in _PARTS.value:
+        cli.fail("--torch_script compares train steps: keep 'step' in --parts")
     result = run(
         config, num_steps=_STEPS.value, warmup=_WARMUP.value, input_batches=_INPUT_BATCHES.value,
         parts=tuple(_PARTS.value),

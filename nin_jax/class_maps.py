@@ -101,6 +101,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_maps", 10, "Class maps shown per image.", lower_bound=1)
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the config's data_dir).")
     flags.DEFINE_string("output", None, "PNG path (default: WORKDIR/class_maps.png).")
+    flags.DEFINE_integer("model", 0, "Model k of a multi-model run.", lower_bound=0)
 
 
 def run(
@@ -111,6 +112,7 @@ def run(
     max_maps: int = 10,
     data_dir: str | None = None,
     output: str | None = None,
+    model: int = 0,
 ) -> str:
     """Draws the class maps of ``paths`` (default: eval images); returns the PNG's path."""
     trained = restore.load(workdir, step)
@@ -119,7 +121,7 @@ def run(
         labels: list[int | None] = [None] * len(pixels)
     else:
         pixels, labels = eval_examples(trained, num_images, data_dir)
-    maps = trained.apply(pixels, method="class_maps").astype(np.float32)
+    maps = trained.apply(pixels, method="class_maps", model=model).astype(np.float32)
     output = output or os.path.join(workdir, "class_maps.png")
     title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
     render(pixels, maps, labels, trained.info.class_names, max_maps, title, output)
@@ -129,7 +131,7 @@ def run(
 def main(argv: list[str]) -> None:
     output = run(
         FLAGS.workdir, argv[1:], FLAGS.step, FLAGS.num_images, FLAGS.max_maps, FLAGS.data_dir,
-        FLAGS.output,
+        FLAGS.output, FLAGS.model,
     )  # fmt: skip
     print(f"wrote {output}")
 

@@ -138,7 +138,33 @@ def _check_profile_steps(config: ml_collections.ConfigDict) -> None:
         _fail("profile_steps", steps, "() or (first, last) with 2 <= first <= last")
 
 
+def _check_models(config: ml_collections.ConfigDict) -> None:
+    if not _is_int(config.num_models) or config.num_models < 1:
+        _fail("num_models", config.num_models, "an integer >= 1")
+    if config.init_seed is not None and not (_is_int(config.init_seed) and config.init_seed >= 0):
+        _fail("init_seed", config.init_seed, "None (use seed) or an integer >= 0")
+    allowed = {  # hyperparameter: (check, what it must be)
+        "learning_rate": (lambda v: v >= 0, ">= 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "dropout_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    }
+    for name, values in config.sweep.items():
+        if name not in allowed:
+            _fail(f"sweep.{name}", values, f"absent: only {', '.join(allowed)} can be swept")
+        check, what = allowed[name]
+        if len(values) == 0:
+            continue
+        if len(values) != config.num_models or not _is_sequence_of(values, _is_number):
+            _fail(f"sweep.{name}", values, f"() or {config.num_models} numbers (num_models)")
+        if not all(check(v) for v in values):
+            _fail(f"sweep.{name}", values, f"numbers {what}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` for the first field whose value nin_jax cannot use."""
-    for check in (_check_choices, _check_ints, _check_numbers, _check_model, _check_profile_steps):
+    checks = (
+        _check_choices, _check_ints, _check_numbers, _check_model, _check_models,
+        _check_profile_steps,
+    )  # fmt: skip
+    for check in checks:
         check(config)

@@ -80,6 +80,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", lower_bound=1)
     flags.DEFINE_string("output_dir", None, "Where the JSON and PNG go (default: WORKDIR/eval).")
     flags.DEFINE_bool("json", False, "Print the results as JSON.")
+    flags.DEFINE_integer("model", None, "Model k of a multi-model run (default: the ensemble).")
 
 
 def run(
@@ -89,6 +90,7 @@ def run(
     data_dir: str | None = None,
     batch_size: int = 256,
     output_dir: str | None = None,
+    model: int | None = None,
 ) -> tuple[dict, str]:
     """Evaluates ``workdir``'s checkpoint; returns the results and the title of their figure.
 
@@ -101,7 +103,8 @@ def run(
         config.dataset, data_dir or config.data_dir, config.try_gcs
     )
     examples = input_pipeline.load_split(builder, split_name, drop_remainder=False)
-    predictions = trained.apply(examples.images, batch_size=batch_size).argmax(-1)
+    probabilities = trained.probabilities(examples.images, model, batch_size=batch_size)
+    predictions = probabilities.argmax(-1)
     matrix = confusion_matrix(examples.labels, predictions, info.num_classes)
     results = summarize(matrix, info.class_names, split_name, trained.step)
 
@@ -123,8 +126,9 @@ def run(
 
 def main(argv: list[str]) -> None:
     results, title = run(
-        FLAGS.workdir, FLAGS.step, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.output_dir
-    )
+        FLAGS.workdir, FLAGS.step, FLAGS.split, FLAGS.data_dir, FLAGS.batch_size, FLAGS.output_dir,
+        FLAGS.model,
+    )  # fmt: skip
     if FLAGS.json:
         print(json.dumps(results))
         return

@@ -96,8 +96,12 @@ def main(argv: list[str]) -> None:
 
     _, results = train.train_and_evaluate(config, FLAGS.workdir)
     if jax.process_index() == 0:
+        for index, model in enumerate(results.get("models", [])):
+            setting = ", ".join(f"{k} {v}" for k, v in model.items() if not k.startswith("test_"))
+            print(f"model {index} ({setting}): test error {model['test_error']:.2%}")
+        which = "ensemble test accuracy" if "models" in results else "test accuracy"
         print(
-            f"{config.dataset}: test accuracy {results['test_accuracy']:.2%} "
+            f"{config.dataset}: {which} {results['test_accuracy']:.2%} "
             f"(error {results['test_error']:.2%}) at step {results['step']}; "
             f"results in {FLAGS.workdir}/results.json"
         )

@@ -208,12 +208,23 @@ class NIN(nn.Module):
                 zip(self.widths, self.kernel_sizes, strict=True)
             )
         ]
-        self.dropout = nn.Dropout(self.dropout_rate)
         self._pool_impl = impl
         if self.head != "gap":
             self.fc = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
 
-    def class_maps(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def _dropout(self, x: jax.Array, train: bool, rate: float | jax.Array | None) -> jax.Array:
+        """Inverted dropout at ``rate`` (default ``dropout_rate``), which may be a traced
+        per-model value (nin_jax.ensemble's sweeps); masks from the 'dropout' RNG stream."""
+        rate = self.dropout_rate if rate is None else rate
+        if not train or (isinstance(rate, int | float) and rate == 0.0):
+            return x
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+    def class_maps(
+        self, x: jax.Array, train: bool = False, dropout_rate: jax.Array | None = None
+    ) -> jax.Array:
         """The last mlpconv block's output: one non-negative map per class, (N, h, w, C).
 
         Each block's output is appended to ``intermediates['block_outputs']``, kept
@@ -224,17 +235,22 @@ class NIN(nn.Module):
             self.sow("intermediates", "block_outputs", x)
             if block is not self.blocks[-1]:
                 x = max_pool_3x3_s2(x, self._pool_impl)
-                x = self.dropout(x, deterministic=not train)
+                x = self._dropout(x, train, dropout_rate)
         return x
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Logits (N, num_classes), float32, from NHWC images of any spatial size."""
-        maps = self.class_maps(x, train=train)
+    def __call__(
+        self, x: jax.Array, train: bool = False, dropout_rate: jax.Array | None = None
+    ) -> jax.Array:
+        """Logits (N, num_classes), float32, from NHWC images of any spatial size.
+
+        ``dropout_rate`` overrides the attribute (a per-model value under ``jax.vmap``).
+        """
+        maps = self.class_maps(x, train=train, dropout_rate=dropout_rate)
         if self.head == "gap":
             return jnp.mean(maps.astype(jnp.float32), axis=(1, 2))
         features = maps.reshape(maps.shape[0], -1)
         if self.head == "fc_dropout":
-            features = self.dropout(features, deterministic=not train)
+            features = self._dropout(features, train, dropout_rate)
         return self.fc(features).astype(jnp.float32)
 
 

@@ -3,6 +3,11 @@
 Weight decay is added to the kernels' gradients before momentum, as PyTorch's SGD
 does. ``config.lr_multipliers`` applies the authors' per-layer rates (biases 2x,
 the class layer 0.1x the base rate).
+
+When ``config.sweep`` gives per-model learning rates or weight decays, the
+optimizer is wrapped in ``optax.inject_hyperparams``: the peak learning rate and
+the weight decay become arrays of its state, one value per model
+(``set_hyperparameters``), and one compiled step serves every value.
 """
 
 from collections.abc import Callable
@@ -12,13 +17,19 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+INJECTED = ("learning_rate", "weight_decay")  # The sweepable hyperparameters of the optimizer.
+
 
 def create_learning_rate_fn(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    total_steps: int,
+    peak: float | None = None,
 ) -> optax.Schedule:
-    """Linear warmup from 0 to ``config.learning_rate``, then the configured decay."""
+    """Linear warmup from 0 to ``peak`` (default ``config.learning_rate``), then the
+    configured decay."""
     warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps)
-    peak = config.learning_rate
+    peak = config.learning_rate if peak is None else peak
     if config.lr_schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, max(1, total_steps - warmup_steps))
     elif config.lr_schedule == "step":
@@ -62,12 +73,44 @@ def scale_updates(multipliers_fn: Callable) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def _sgd(
+    config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule, weight_decay
+) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=kernels_only),
+        optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov),
+        scale_updates(authors_lr_multipliers) if config.lr_multipliers else optax.identity(),
+    )
+
+
+def is_injected(config: ml_collections.ConfigDict) -> bool:
+    """Whether the sweep gives per-model optimizer hyperparameters."""
+    return any(len(config.sweep[name]) for name in INJECTED)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-    """SGD with momentum; weight decay added to the kernels' gradients (PyTorch-style)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=kernels_only),
-        optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=config.nesterov),
-        scale_updates(authors_lr_multipliers) if config.lr_multipliers else optax.identity(),
+    """SGD with momentum; weight decay added to the kernels' gradients (PyTorch-style).
+
+    ``learning_rate_fn`` is the schedule of ``create_learning_rate_fn``; with a
+    sweep it must be that of peak 1, scaled by each model's peak learning rate.
+    """
+    if not is_injected(config):
+        return _sgd(config, learning_rate_fn, config.weight_decay)
+
+    def scaled_sgd(learning_rate, weight_decay):
+        return _sgd(config, lambda count: learning_rate * learning_rate_fn(count), weight_decay)
+
+    return optax.inject_hyperparams(scaled_sgd)(
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay
     )
+
+
+def set_hyperparameters(opt_state, values: dict[str, jax.Array]):
+    """``opt_state`` of an injected optimizer with its hyperparameters set to ``values``
+    (e.g. one model's ``learning_rate`` and ``weight_decay``)."""
+    hyperparams = dict(opt_state.hyperparams)
+    for name, value in values.items():
+        hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
+    return opt_state._replace(hyperparams=hyperparams)

@@ -1,10 +1,12 @@
 """Top-k classes, with probabilities, of image files under a workdir's trained model.
 
   python -m nin_jax.predict --workdir=/tmp/nin_digits img1.png img2.jpg [--top_k=3] [--json]
+      [--model=K]   # one model of a multi-model run (default: their ensemble)
 
 Images of any size and colour mode are converted to the training images' channels
-and resized (bilinear) to their size, then normalised with the training set's
-per-channel mean and std (WORKDIR/dataset.json). No dataset access is needed.
+and resized (bilinear) to their size, then preprocessed as in training (the
+run's config.preprocess with the statistics in WORKDIR/preprocess.npz). No
+dataset access is needed.
 """
 
 import json
@@ -17,11 +19,6 @@ from nin_jax import cli, images, restore
 FLAGS = flags.FLAGS
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
-
-
 def top_k(probabilities: np.ndarray, class_names, k: int) -> list[dict]:
     """The k most probable classes of one image, most probable first."""
     order = np.argsort(-probabilities, kind="stable")[:k]
@@ -31,9 +28,13 @@ def top_k(probabilities: np.ndarray, class_names, k: int) -> list[dict]:
     ]
 
 
-def predict(trained: restore.Trained, paths: list[str], k: int) -> list[dict]:
+def predict(
+    trained: restore.Trained, paths: list[str], k: int, model: int | None = None
+) -> list[dict]:
+    """The ``k`` most probable classes of each image file, under model ``model`` or (None)
+    the ensemble of a multi-model run."""
     pixels = np.stack([images.read_image(path, trained.info.image_shape) for path in paths])
-    probabilities = softmax(trained.apply(pixels).astype(np.float64))
+    probabilities = trained.probabilities(pixels, model)
     return [
         {"file": path, "top_k": top_k(p, trained.info.class_names, k)}
         for path, p in zip(paths, probabilities, strict=True)
@@ -53,6 +54,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_integer("top_k", 5, "Classes shown per image.", lower_bound=1)
     flags.DEFINE_bool("json", False, "Print the results as JSON.")
+    flags.DEFINE_integer("model", None, "Model k of a multi-model run (default: the ensemble).")
 
 
 def main(argv: list[str]) -> None:
@@ -60,7 +62,7 @@ def main(argv: list[str]) -> None:
     if not paths:
         cli.fail("give at least one image file: python -m nin_jax.predict --workdir=DIR a.png")
     trained = restore.load(FLAGS.workdir, FLAGS.step)
-    results = predict(trained, paths, min(FLAGS.top_k, trained.info.num_classes))
+    results = predict(trained, paths, min(FLAGS.top_k, trained.info.num_classes), FLAGS.model)
     if FLAGS.json:
         print(json.dumps({"step": trained.step, "predictions": results}, indent=2))
         return

@@ -30,15 +30,29 @@ def format_duration(seconds: float) -> str:
 
 
 def window_scalars(
-    window: Sequence[dict[str, Any]], learning_rate: float, images_per_sec: float
+    window: Sequence[dict[str, Any]],
+    learning_rate: float,
+    images_per_sec: float,
+    num_models: int = 1,
 ) -> dict[str, float]:
     """The train scalars of one log window: each scalar metric averaged over its steps
-    (vector metrics, such as the per-class ones, are left to their consumers)."""
-    scalars = {
-        key: float(np.mean([m[key] for m in window]))
-        for key in window[0]
-        if np.ndim(window[0][key]) == 0
-    }
+    (vector metrics, such as the per-class ones, are left to their consumers).
+
+    With several models each metric has a leading model axis: model k's values go
+    under ``model_<k>/<name>`` and their mean under ``<name>``.
+    """
+    scalar_ndim = 0 if num_models == 1 else 1
+    scalars = {}
+    for key in window[0]:
+        if np.ndim(window[0][key]) != scalar_ndim:
+            continue
+        values = np.mean([m[key] for m in window], axis=0)
+        scalars[key] = float(np.mean(values))
+        if num_models > 1:
+            scalars.update({f"model_{k}/{key}": float(v) for k, v in enumerate(values)})
+    if num_models > 1:
+        for k in range(num_models):
+            scalars[f"model_{k}/error"] = 1.0 - scalars[f"model_{k}/accuracy"]
     scalars["error"] = 1.0 - scalars["accuracy"]
     scalars["learning_rate"] = float(learning_rate)
     scalars["images_per_sec"] = float(images_per_sec)
@@ -87,6 +101,7 @@ class Reporter:
         steps_per_epoch: int,
         batch_size: int,
         start_step: int,
+        num_models: int = 1,
         stream: IO[str] | None = None,
     ):
         self.active = jax.process_index() == 0
@@ -94,6 +109,7 @@ class Reporter:
         self._bar = self.active and self._stream.isatty()
         self._writer = MetricsWriter(workdir) if self.active else None
         self._total, self._per_epoch, self._batch = total_steps, steps_per_epoch, batch_size
+        self._num_models = num_models
         self._step = start_step
         now = time.perf_counter()
         self._window_start = self._synced = now
@@ -146,7 +162,8 @@ class Reporter:
         self._train_seconds += seconds
         self._steps_timed += len(window)
         self._window_start, self._excluded = now, 0.0
-        scalars = window_scalars(window, learning_rate, len(window) * self._batch / seconds)
+        images_per_sec = len(window) * self._batch / seconds
+        scalars = window_scalars(window, learning_rate, images_per_sec, self._num_models)
         self._latest = scalars
         self._writer.write("train", step, scalars)
         self._clear_bar()
@@ -162,7 +179,10 @@ class Reporter:
             return
         now = time.perf_counter()
         self._excluded += now - max(self._last_tick or now, self._synced)
-        self._writer.write("eval", step, {k: float(metrics[k]) for k in EVAL_SCALARS})
+        scalars = {k: float(metrics[k]) for k in EVAL_SCALARS}
+        for index, model in enumerate(metrics.get("models", [])):
+            scalars.update({f"model_{index}/{k}": float(model[k]) for k in EVAL_SCALARS})
+        self._writer.write("eval", step, scalars)
         self._clear_bar()
         logging.info(
             "step %d eval: loss %.4f accuracy %.4f error %.4f (%d examples)",

@@ -20,7 +20,11 @@ from nin_jax.errors import WorkdirError
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    """A model restored from a workdir: ``model.apply({'params': params}, x)``."""
+    """A model restored from a workdir: ``model.apply({'params': params}, x)``.
+
+    With ``config.num_models = K > 1`` the parameters are stacked on a leading
+    axis; ``model=k`` picks one model, ``model=None`` their ensemble.
+    """
 
     config: ml_collections.ConfigDict
     info: workdir_lib.DatasetInfo
@@ -28,16 +32,49 @@ class Trained:
     params: Any
     step: int
 
-    def apply(self, images: np.ndarray, method: str = "__call__", batch_size: int = 256):
-        """The model (or one of its methods) on uint8 images, preprocessed as in training,
-        in fixed-size jitted batches."""
+    @property
+    def num_models(self) -> int:
+        return self.config.get("num_models", 1)
+
+    def model_params(self, model: int) -> Any:
+        """The parameters of model ``model`` (0 is the only one of a single-model run)."""
+        if not 0 <= model < self.num_models:
+            raise WorkdirError(
+                f"--model={model}: this workdir holds models 0 to {self.num_models - 1}"
+            )
+        if self.num_models == 1:
+            return self.params
+        return jax.tree.map(lambda x: x[model], self.params)
+
+    def probabilities(
+        self, images: np.ndarray, model: int | None = None, batch_size: int = 256
+    ) -> np.ndarray:
+        """Class probabilities of uint8 images: model ``model``'s softmax, or (None) the
+        mean of every model's (the ensemble; the only model's when there is one)."""
+        chosen = range(self.num_models) if model is None else [model]
+        total = sum(
+            _softmax(self.apply(images, batch_size=batch_size, model=k).astype(np.float64))
+            for k in chosen
+        )
+        return total / len(chosen)
+
+    def apply(
+        self,
+        images: np.ndarray,
+        method: str = "__call__",
+        batch_size: int = 256,
+        model: int = 0,
+    ) -> np.ndarray:
+        """Model ``model`` (or one of its methods) on uint8 images, preprocessed as in
+        training, in fixed-size jitted batches."""
         stats = self.info.preprocess_params
+        params = self.model_params(model)
 
         @jax.jit
         def fn(pixels):
             x = preprocessing.apply(self.info.preprocess, stats, pixels)
             return self.model.apply(
-                {"params": self.params}, x, train=False, method=getattr(self.model, method)
+                {"params": params}, x, train=False, method=getattr(self.model, method)
             )
 
         outputs = []
@@ -47,6 +84,11 @@ class Trained:
             padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
             outputs.append(np.asarray(fn(padded))[: len(chunk)])
         return np.concatenate(outputs)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def _describe_mismatch(expected, restored) -> str:
@@ -75,6 +117,11 @@ def load(workdir: str, step: int | None = None) -> Trained:
     expected = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)
     )["params"]
+    num_models = config.get("num_models", 1)
+    if num_models > 1:  # Stacked on a leading model axis.
+        expected = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((num_models, *x.shape), x.dtype), expected
+        )
     params = restored.get("params") if isinstance(restored, dict) else None
     mismatch = _describe_mismatch(expected, params or {})
     if mismatch:

@@ -12,6 +12,7 @@ arguments.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nin_jax import augmentation, health, preprocessing
@@ -28,13 +29,33 @@ from nin_jax.models import NIN
 Batch = dict[str, jax.Array]
 
 
+def model_axis_size(num_models: int, num_devices: int) -> int:
+    """Devices along the 'model' axis: the largest count that divides both."""
+    return math.gcd(num_models, num_devices)
+
+
+def create_mesh(num_models: int = 1) -> Mesh:
+    """A ('data', 'model') mesh over every device of every process.
+
+    'data' is the outer axis, so each process's devices hold a contiguous block
+    of the global batch (the rows its input pipeline yields) for every model.
+    """
+    devices = jax.device_count()
+    models = model_axis_size(num_models, jax.local_device_count())
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((devices // models, models), ("data", "model"), axis_types=(auto, auto))
+
+
+def state_sharding(mesh: Mesh, num_models: int) -> NamedSharding:
+    """Models along 'model' (a stacked state), or replicated (one model)."""
+    return NamedSharding(mesh, P("model") if num_models > 1 else P())
+
+
 class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state; apply_fn and tx are static)."""
+    """Flax's TrainState (step, params, opt_state; apply_fn and tx are static), and the
+    model's dropout rate when it is swept per model (None: the model's own)."""
 
-
-def create_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh named 'data' over every device of every process."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    dropout_rate: jax.Array | None = None
 
 
 def create_train_state(
@@ -70,6 +91,7 @@ def train_step(
             train=True,
             rngs={"dropout": step_rng},
             mutable=["intermediates"],
+            dropout_rate=state.dropout_rate,
         )
         outputs = variables["intermediates"]["block_outputs"]
         return cross_entropy(logits, batch["label"]).mean(), (logits, outputs)
@@ -122,30 +144,60 @@ class Inputs:
         return {**batch, "image": preprocessing.apply(self.preprocess, stats, batch["image"])}
 
 
-def compile_steps(mesh: jax.sharding.Mesh, inputs: Inputs) -> tuple[Callable, Callable]:
-    """The jitted steps for this mesh, batch on 'data', everything else replicated.
+def ensemble_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``eval_step`` of every model of a stacked state, and of their ensemble (the mean of
+    the models' softmax): per-model sums have a leading model axis, ``ensemble_*`` do not."""
+    sums = jax.vmap(eval_step, in_axes=(0, None))(state, batch)
+    logits = jax.vmap(lambda s: s.apply_fn({"params": s.params}, batch["image"], train=False))(
+        state
+    )
+    probabilities = jnp.mean(jax.nn.softmax(logits), axis=0)
+    mask, labels = batch["mask"], batch["label"]
+    picked = jnp.take_along_axis(probabilities, labels[:, None], axis=-1)[:, 0]
+    return {
+        **sums,
+        "count": sums["count"][0],
+        "ensemble_correct": jnp.sum((jnp.argmax(probabilities, -1) == labels) * mask),
+        "ensemble_loss_sum": jnp.sum(-jnp.log(jnp.maximum(picked, 1e-30)) * mask),
+    }
+
+
+def compile_steps(
+    mesh: jax.sharding.Mesh, inputs: Inputs, num_models: int = 1
+) -> tuple[Callable, Callable]:
+    """The jitted steps for this mesh: the batch on 'data', the models (if several) on
+    'model', everything else replicated.
 
     ``jit_train(state, batch, dropout_rng, stats, table) -> (state, metrics)`` (the
-    state is donated) and ``jit_eval(state, batch, stats) -> sums``.
+    state is donated) and ``jit_eval(state, batch, stats) -> sums``. With
+    ``num_models > 1`` the state and the dropout keys are stacked on a leading
+    model axis and both steps are ``jax.vmap``-ed over it (the batch is shared).
     """
 
     def train_on_inputs(state, batch, dropout_rng, stats, table):
-        prepared = inputs.train_batch(stats, table, batch, state.step)
-        return train_step(state, prepared, dropout_rng)
+        step = state.step if num_models == 1 else state.step[0]
+        prepared = inputs.train_batch(stats, table, batch, step)
+        if num_models == 1:
+            return train_step(state, prepared, dropout_rng)
+        return jax.vmap(train_step, in_axes=(0, None, 0))(state, prepared, dropout_rng)
 
     def eval_on_inputs(state, batch, stats):
-        return eval_step(state, inputs.eval_batch(stats, batch))
+        prepared = inputs.eval_batch(stats, batch)
+        return (
+            eval_step(state, prepared) if num_models == 1 else ensemble_eval_step(state, prepared)
+        )
 
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
+    models = state_sharding(mesh, num_models)
     jit_train = jax.jit(
         train_on_inputs,
-        in_shardings=(replicated, data, replicated, replicated, replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(models, data, models, replicated, replicated),
+        out_shardings=(models, replicated),
         donate_argnums=(0,),
     )
     jit_eval = jax.jit(
-        eval_on_inputs, in_shardings=(replicated, data, replicated), out_shardings=replicated
+        eval_on_inputs, in_shardings=(models, data, replicated), out_shardings=replicated
     )
     return jit_train, jit_eval
 

@@ -13,7 +13,6 @@ profiler and the lock.
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -28,12 +27,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import periodic_actions
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from nin_jax import (
     checkpointing,
     config_validation,
+    ensemble,
     input_pipeline,
     models,
     optimizer,
@@ -127,13 +125,16 @@ def evaluate(
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals["count"])
-    accuracy = float(totals["correct"]) / count
-    return {
-        "loss": float(totals["loss_sum"]) / count,
-        "accuracy": accuracy,
-        "error": 1.0 - accuracy,
-        "examples": int(count),
-    }
+
+    def metrics(loss_sum, correct) -> Metrics:
+        accuracy = float(correct) / count
+        return {"loss": float(loss_sum) / count, "accuracy": accuracy, "error": 1.0 - accuracy}
+
+    if "ensemble_correct" not in totals:  # One model.
+        return {**metrics(totals["loss_sum"], totals["correct"]), "examples": int(count)}
+    models = [metrics(*pair) for pair in zip(totals["loss_sum"], totals["correct"], strict=True)]
+    ensemble = metrics(totals["ensemble_loss_sum"], totals["ensemble_correct"])
+    return {**ensemble, "examples": int(count), "models": models}
 
 
 class MetricsWindow:
@@ -163,6 +164,11 @@ class MetricsWindow:
         window = self.host(step)
         self._fetched = []
         return window
+
+
+def current_step(state: TrainState) -> int:
+    """The state's step (the same for every model of a stacked state)."""
+    return int(np.max(jax.device_get(state.step)))
 
 
 def check_finite(window: list[dict[str, Any]], step: int, workdir: str) -> None:
@@ -203,24 +209,23 @@ def train_and_evaluate(
         workdir_lib.write_dataset_info(workdir, data.info)
         schedule = Schedule.from_config(config, len(data.train))
 
-        mesh = steps.create_mesh()
+        mesh = steps.create_mesh(config.num_models)
         model = models.from_config(config, data.info.num_classes)
         learning_rate_fn = optimizer.create_learning_rate_fn(
             config, schedule.steps_per_epoch, schedule.total_steps
         )
-        tx = optimizer.create_optimizer(config, learning_rate_fn)
-        params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-        init = jax.jit(
-            functools.partial(
-                steps.create_train_state, model=model, image_shape=data.info.image_shape,
-                optimizer=tx,
-            ),
-            out_shardings=NamedSharding(mesh, P()),
-        )  # fmt: skip
+        if optimizer.is_injected(config):  # Each model scales a schedule of peak 1.
+            unit_schedule = optimizer.create_learning_rate_fn(
+                config, schedule.steps_per_epoch, schedule.total_steps, peak=1.0
+            )
+            tx = optimizer.create_optimizer(config, unit_schedule)
+        else:
+            tx = optimizer.create_optimizer(config, learning_rate_fn)
         manager = stack.enter_context(checkpointing.create_manager(workdir, config))
-        state = checkpointing.restore_or_keep(manager, init(params_rng))
-        start_step = int(state.step)
-        num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        initial, dropout_rng = ensemble.create_state(config, model, data.info.image_shape, tx, mesh)
+        state = checkpointing.restore_or_keep(manager, initial)
+        start_step = current_step(state)
+        num_params = sum(x.size for x in jax.tree.leaves(state.params)) // config.num_models
         logging.info(
             "%s: %d train / %d eval examples, %d classes, %d parameters, %d devices, "
             "%d steps (%d per epoch), starting at step %d.",
@@ -235,10 +240,11 @@ def train_and_evaluate(
                 steps_per_epoch=schedule.steps_per_epoch,
                 batch_size=config.batch_size,
                 start_step=start_step,
-            )  # fmt: skip
+                num_models=config.num_models,
+            )
         )
         inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
-        jit_train, jit_eval = steps.compile_steps(mesh, inputs)
+        jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
         stats = steps.replicate(data.info.preprocess_params, mesh)
         table = None
         if config.data_on_device:
@@ -306,7 +312,7 @@ def train_and_evaluate(
     steps_run = schedule.total_steps - start_step
     results = {
         "dataset": config.dataset,
-        "step": int(state.step),
+        "step": current_step(state),
         "test_accuracy": eval_metrics["accuracy"],
         "test_error": eval_metrics["error"],
         "test_loss": eval_metrics["loss"],
@@ -319,6 +325,8 @@ def train_and_evaluate(
         "num_params": int(num_params),
         "devices": jax.device_count(),
     }
+    if config.num_models > 1:
+        results.update(ensemble.results(config, eval_metrics))
     workdir_lib.write_results(workdir, results)
     logging.info("Final: %s", json.dumps(results))
     return state, results

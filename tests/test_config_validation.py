@@ -34,6 +34,10 @@ def test_every_recipe_is_valid(name):
         ("model.widths", ((8, 8), (8, 8, 8), (8, 8)), "three widths per block"),
         ("model.init_std", -1.0, "config.model.init_std is -1.0"),
         ("profile_steps", (1, 3), "config.profile_steps is (1, 3)"),
+        ("num_models", 0, "config.num_models is 0; it must be an integer >= 1"),
+        ("init_seed", -1, "config.init_seed is -1"),
+        ("sweep.learning_rate", (0.1, 0.2), "config.sweep.learning_rate is (0.1, 0.2); it must"),
+        ("sweep.dropout_rate", (1.0,), "config.sweep.dropout_rate is (1.0,)"),
     ],
 )
 def test_a_bad_value_is_named(field, value, message):

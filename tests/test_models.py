@@ -103,10 +103,10 @@ def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
     labels = jnp.arange(4) % 10
     variables = jax.jit(NIN(conv_impl="xla").init)(jax.random.key(0), x)
 
+    # Without dropout: its masks are the same for both paths, and they make near-ties
+    # of max pooling (where float32 rounding picks another winner) more or less likely.
     def loss(params, conv_impl):
-        logits = NIN(conv_impl=conv_impl).apply(
-            {"params": params}, x, train=True, rngs={"dropout": jax.random.key(5)}
-        )
+        logits = NIN(conv_impl=conv_impl).apply({"params": params}, x, train=False)
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
     grad_fn = jax.jit(jax.grad(loss), static_argnums=1)

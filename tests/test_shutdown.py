@@ -22,10 +22,11 @@ STEPS, EVERY = 400, 20
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # What Orbax names a checkpoint it is still writing.
 
 
-def args(workdir, data_dir):
+def args(workdir, data_dir, num_models: int = 1):
     return helpers.train_args(
         workdir, data_dir, num_train_steps=STEPS, checkpoint_every_steps=EVERY,
         log_every_steps=100, eval_every_steps=10_000, augment="crop_flip",
+        num_models=num_models,
     )  # fmt: skip
 
 
@@ -35,16 +36,27 @@ def assert_params_equal(actual: dict, expected: dict) -> None:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, digits_data_dir) -> dict:
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    code = helpers.run(args(workdir, digits_data_dir), devices=1, log_path=workdir / "log.txt")
+def run_uninterrupted(workdir: Path, data_dir: str, num_models: int) -> dict:
+    run_args = args(workdir, data_dir, num_models)
+    code = helpers.run(run_args, devices=1, log_path=workdir / "log.txt")
     assert code == 0, (workdir / "log.txt").read_text()[-3000:]
     return helpers.load_params(workdir / "params_0.npz")
 
 
-def start_and_wait_for_checkpoint(workdir: Path, data_dir: str, step: int):
-    process = helpers.start(args(workdir, data_dir), devices=1, log_path=workdir / "log.txt")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_data_dir) -> dict:
+    return run_uninterrupted(tmp_path_factory.mktemp("uninterrupted"), digits_data_dir, 1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pair(tmp_path_factory, digits_data_dir) -> dict:
+    """Two models in one run (config.num_models=2)."""
+    return run_uninterrupted(tmp_path_factory.mktemp("uninterrupted_pair"), digits_data_dir, 2)
+
+
+def start_and_wait_for_checkpoint(workdir: Path, data_dir: str, step: int, num_models: int = 1):
+    run_args = args(workdir, data_dir, num_models)
+    process = helpers.start(run_args, devices=1, log_path=workdir / "log.txt")
     try:
         helpers.wait_for(lambda: (workdir / "checkpoints" / str(step)).is_dir(), process, 600)
     except BaseException:
@@ -53,16 +65,17 @@ def start_and_wait_for_checkpoint(workdir: Path, data_dir: str, step: int):
     return process
 
 
-def restart(workdir: Path, data_dir: str) -> str:
-    code = helpers.run(args(workdir, data_dir), devices=1, log_path=workdir / "log2.txt")
+def restart(workdir: Path, data_dir: str, num_models: int = 1) -> str:
+    run_args = args(workdir, data_dir, num_models)
+    code = helpers.run(run_args, devices=1, log_path=workdir / "log2.txt")
     log = (workdir / "log2.txt").read_text()
     assert code == 0, log[-3000:]
     return log
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_and_resumes(tmp_path, digits_data_dir, uninterrupted):
-    process = start_and_wait_for_checkpoint(tmp_path, digits_data_dir, EVERY)
+def test_sigterm_saves_exits_and_resumes_two_models(tmp_path, digits_data_dir, uninterrupted_pair):
+    process = start_and_wait_for_checkpoint(tmp_path, digits_data_dir, EVERY, num_models=2)
     process.send_signal(signal.SIGTERM)
     code = helpers.wait_all([process], timeout=120)[0]
     log = (tmp_path / "log.txt").read_text()
@@ -72,10 +85,10 @@ def test_sigterm_saves_exits_and_resumes(tmp_path, digits_data_dir, uninterrupte
     assert helpers.checkpoint_steps(tmp_path)[-1] == stop
     assert not (tmp_path / "results.json").exists()
 
-    log = restart(tmp_path, digits_data_dir)
+    log = restart(tmp_path, digits_data_dir, num_models=2)
     assert f"starting at step {stop}." in log
     assert helpers.checkpoint_steps(tmp_path)[-1] == STEPS
-    assert_params_equal(helpers.load_params(tmp_path / "params_0.npz"), uninterrupted)
+    assert_params_equal(helpers.load_params(tmp_path / "params_0.npz"), uninterrupted_pair)
 
 
 @pytest.mark.slow

@@ -53,8 +53,11 @@ def fixed_batch_training_on_four_devices() -> dict:
 
 @pytest.mark.slow
 def test_four_devices_give_the_same_training_as_one():
-    one = train_fixed_batch.fixed_batch_training()  # This process has one CPU device.
+    """One model (batch on 'data') and two models (a 2 x 2 'data' x 'model' mesh)."""
     four = fixed_batch_training_on_four_devices()
-    assert (one["devices"], four["devices"]) == (1, 4)
-    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
-    assert four["checksum"] == pytest.approx(one["checksum"], rel=1e-5)
+    for num_models in (1, 2):
+        one = train_fixed_batch.fixed_batch_training(num_models)  # This process: one device.
+        other = four[str(num_models)]
+        assert (one["devices"], other["devices"]) == (1, 4)
+        np.testing.assert_allclose(other["losses"], one["losses"], rtol=1e-5)
+        assert other["checksum"] == pytest.approx(one["checksum"], rel=1e-5)

@@ -99,7 +99,7 @@ def test_predict_preprocessing_matches_the_model_input(workdir, tmp_path):
     Image.fromarray(digit_images[3, ..., 0]).save(path)
     trained = restore.load(workdir)
     np.testing.assert_array_equal(images.read_image(str(path), (8, 8, 1)), digit_images[3])
-    expected = predict.softmax(trained.apply(digit_images[3:4]).astype(np.float64))[0]
+    expected = trained.probabilities(digit_images[3:4])[0]
     (result,) = predict.predict(trained, [str(path)], k=3)
     assert [entry["class"] for entry in result["top_k"]] == list(np.argsort(-expected)[:3])
     assert result["top_k"][0]["probability"] == pytest.approx(expected.max(), rel=1e-5)

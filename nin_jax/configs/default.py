@@ -96,8 +96,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     # Checkpoints kept in workdir/checkpoints.
     config.max_checkpoints = 3
-    # Seed of parameter initialisation, data order and dropout.
+    # Seed of the data order and augmentation, and (unless init_seed is set) of
+    # parameter initialisation and dropout.
     config.seed = 0
+
+    # --- Many models in one compiled step (nin_jax/ensemble.py) --------------
+    # Models trained at once on the same batches; K > 1 stacks them on a leading
+    # axis and vmaps the step (ours: seeds and sweeps for the paper's rows).
+    config.num_models = 1
+    # Seed of model k's initialisation and dropout: init_seed + k (None: seed).
+    # Data order and augmentation always follow seed.
+    config.init_seed = ml_collections.config_dict.placeholder(int)
+    # Per-model values of a hyperparameter, num_models of them; () for the
+    # config's own value for every model.
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.learning_rate = ()
+    config.sweep.weight_decay = ()
+    config.sweep.dropout_rate = ()
+
+    # --- Profiling ------------------------------------------------------------
     # (first, last): a jax.profiler trace of those training steps in
     # workdir/tensorboard (TensorBoard's Profile tab); () for none. Start at 2 or
     # later: step 1 compiles.

@@ -1,0 +1,104 @@
+"""Many models in one compiled step: ``config.num_models = K`` NINs trained on the same batches.
+
+Model ``k`` is initialised, and draws its dropout masks, from seed
+``init_seed + k`` (``config.init_seed``, default ``config.seed``), so model
+``k`` of an ensemble is exactly the one-model run with ``--config.init_seed``
+set to that seed. The data order and augmentation follow ``config.seed`` and
+are shared. ``config.sweep.<field>`` gives K values of a hyperparameter, one
+per model (``learning_rate``, ``weight_decay``, ``dropout_rate``): they travel
+as arrays in the train state (the optimizer's ``inject_hyperparams`` state and
+``TrainState.dropout_rate``), so one compiled step serves every value.
+
+The train state is stacked on a leading model axis and the step is
+``jax.vmap`` of ``steps.train_step``. On a mesh ``('model', 'data')`` (when K
+and the device count share a factor) the models are spread over the 'model'
+axis and the batch over 'data'; otherwise everything is on 'data'. With K = 1
+nothing is stacked: checkpoints and results are those of a single model.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from nin_jax import models, optimizer, steps
+
+SWEEPABLE = ("learning_rate", "weight_decay", "dropout_rate")
+
+
+def init_seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """The seed of each model's initialisation and dropout."""
+    first = config.seed if config.init_seed is None else config.init_seed
+    return [first + k for k in range(config.num_models)]
+
+
+def swept(config: ml_collections.ConfigDict) -> dict[str, tuple[float, ...]]:
+    """The hyperparameters given per model (``config.sweep``), by name."""
+    return {name: tuple(values) for name, values in config.sweep.items() if len(values)}
+
+
+def model_hyperparameters(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """Per model: its init seed and the value of every swept hyperparameter."""
+    sweep = swept(config)
+    return [
+        {"init_seed": seed, **{name: values[k] for name, values in sweep.items()}}
+        for k, seed in enumerate(init_seeds(config))
+    ]
+
+
+def create_state(
+    config: ml_collections.ConfigDict,
+    model: models.NIN,
+    image_shape: tuple[int, ...],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+) -> tuple[steps.TrainState, jax.Array]:
+    """The initial train state, placed on ``mesh``, and the dropout key(s).
+
+    One model: ``split(key(init_seed))``, unstacked. K models: model k's keys are
+    ``split(key(init_seed + k))`` and the state is stacked on a leading axis, each
+    model's swept hyperparameters set in it.
+    """
+    keys = jnp.stack([jax.random.split(jax.random.key(seed)) for seed in init_seeds(config)])
+    params_rngs, dropout_rngs = keys[:, 0], keys[:, 1]
+    values = {name: jnp.asarray(v, jnp.float32) for name, v in swept(config).items()}
+
+    def create_one(rng: jax.Array, hyperparameters: dict[str, jax.Array]) -> steps.TrainState:
+        state = steps.create_train_state(rng, model, image_shape, tx)
+        injected = {k: v for k, v in hyperparameters.items() if k in optimizer.INJECTED}
+        if injected:
+            state = state.replace(
+                opt_state=optimizer.set_hyperparameters(state.opt_state, injected)
+            )
+        if "dropout_rate" in hyperparameters:
+            state = state.replace(dropout_rate=hyperparameters["dropout_rate"])
+        return state
+
+    sharding = steps.state_sharding(mesh, config.num_models)
+    if config.num_models == 1:
+        first = {name: v[0] for name, v in values.items()}
+        state = jax.jit(create_one, out_shardings=sharding)(params_rngs[0], first)
+        return state, dropout_rngs[0]
+    state = jax.jit(jax.vmap(create_one), out_shardings=sharding)(params_rngs, values)
+    return state, jax.device_put(dropout_rngs, sharding)
+
+
+def results(config: ml_collections.ConfigDict, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The keys ``results.json`` adds for K models: each model's hyperparameters and test
+    error, the ensemble's, and the mean and std of the models' errors."""
+    models_ = [
+        {**hyper, "test_accuracy": m["accuracy"], "test_error": m["error"]}
+        for hyper, m in zip(model_hyperparameters(config), metrics["models"], strict=True)
+    ]
+    errors = np.array([m["test_error"] for m in models_])
+    return {
+        "models": models_,
+        "ensemble_test_accuracy": metrics["accuracy"],
+        "ensemble_test_error": metrics["error"],
+        "mean_test_error": float(errors.mean()),
+        "std_test_error": float(errors.std()),
+    }
