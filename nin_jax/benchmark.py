@@ -10,7 +10,9 @@ Three parts (``--parts``, default all):
   builds, fed a synthetic uint8 batch already on the devices (preprocessing and
   augmentation included, as in training), timed after compilation; and the
   same step fed from host memory each time (``fed_images_per_sec``). With
-  ``--config.num_models=K``, ``model_images_per_sec`` is K x images/s.
+  ``--config.num_models=K``, ``model_images_per_sec`` is K x images/s, and the
+  one-model step of the same config is timed after it
+  (``one_model_images_per_sec``, ``models_to_one_ratio``).
 * ``input``: the tf.data pipeline alone, on synthetic uint8 images of the
   dataset's shape held in memory: images/s, the host CPU time spent per image
   (all threads) and the bytes per image handed to the devices.
@@ -202,6 +204,15 @@ def benchmark_loop(config: ml_collections.ConfigDict, num_steps: int) -> dict:
     return {"loop_images_per_sec": round(windows[-1]["images_per_sec"], 2)}
 
 
+def one_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with one model and no sweep."""
+    single = config.copy_and_resolve_references()
+    single.num_models = 1
+    for name in single.sweep:
+        single.sweep[name] = ()
+    return single
+
+
 def run_torch_reference(script: str, batch_size: int, num_steps: int) -> float:
     """``train_images_per_sec`` printed by the seed's PyTorch throughput script."""
     out = subprocess.run(
@@ -235,6 +246,11 @@ def run(
     }
     if "step" in parts:
         result.update(benchmark_steps(config, num_steps, warmup))
+        if config.num_models > 1:  # The one-model step of the same config, for the ratio.
+            one = benchmark_steps(one_model(config), num_steps, warmup)
+            result["one_model_images_per_sec"] = one["train_images_per_sec"]
+            ratio = result["model_images_per_sec"] / one["train_images_per_sec"]
+            result["models_to_one_ratio"] = round(ratio, 3)
     if "input" in parts:
         result.update(benchmark_input(config, input_batches))
     if "loop" in parts:

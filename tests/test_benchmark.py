@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from helpers import assert_one_line_error, run_cli
 
 TINY = ("--config.model.widths=((8,8,8),(8,8,8),(8,8))", "--batch_size=8", "--steps=1")
@@ -37,14 +38,19 @@ def test_benchmark_prints_one_json_record(digits_data_dir):
     assert record["dataset"] == "digits" and record["data_on_device"] is False
 
 
-def test_benchmark_of_the_augmented_cifar_recipe_on_the_devices():
+def test_benchmark_of_two_augmented_cifar_models_on_the_devices():
     result = run_cli(
         "nin_jax.benchmark", "--config=configs/cifar10_augmented.py", *TINY, "--warmup=0",
         "--input_batches=2", "--parts=step", "--parts=input", "--config.data_on_device=True",
+        "--config.num_models=2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout.strip().splitlines()[-1])
-    assert record["data_on_device"] is True and record["train_images_per_sec"] > 0
+    assert record["data_on_device"] is True and record["num_models"] == 2
+    assert record["model_images_per_sec"] == pytest.approx(
+        2 * record["train_images_per_sec"], rel=0.01
+    )
+    assert record["one_model_images_per_sec"] > 0 and record["models_to_one_ratio"] > 0
     assert record["input_bytes_per_image"] == 4  # An int32 index per image.
     assert "loop_images_per_sec" not in record
 
