@@ -32,6 +32,7 @@ from nin_jax import (
     checkpointing,
     config_validation,
     ensemble,
+    health,
     input_pipeline,
     models,
     optimizer,
@@ -186,6 +187,19 @@ def check_finite(window: list[dict[str, Any]], step: int, workdir: str) -> None:
             )
 
 
+def health_warnings(
+    monitors: list[health.HealthMonitor], step: int, window: list[dict[str, np.ndarray]]
+) -> list[str]:
+    """The monitors' warnings for a log window (one monitor per model of a stacked state)."""
+    if len(monitors) == 1:
+        return monitors[0].update(step, window)
+    return [
+        f"model {k}: {warning}"
+        for k, monitor in enumerate(monitors)
+        for warning in monitor.update(step, [{n: v[k] for n, v in m.items()} for m in window])
+    ]
+
+
 def periodic(every: int, last_step: int, callback: Callable) -> periodic_actions.PeriodicCallback:
     """``callback(step=..., t=..., state=...)`` every ``every`` steps and at the last step."""
     return periodic_actions.PeriodicCallback(
@@ -258,9 +272,18 @@ def train_and_evaluate(
             return evaluate(state, lambda st, batch: jit_eval(st, batch, stats), batches, mesh)
 
         window = MetricsWindow(workdir)
+        warmup_steps = int(config.warmup_epochs * schedule.steps_per_epoch)
+        monitors = [
+            health.HealthMonitor(data.info.num_classes, warmup_steps, data.info.class_names)
+            for _ in range(config.num_models)
+        ]
 
         def log(step: int, t: float, state: TrainState) -> None:
-            reporter.train(step, window.pop(step), float(learning_rate_fn(step - 1)))
+            metrics = window.pop(step)
+            reporter.train(step, metrics, float(learning_rate_fn(step - 1)))
+            if jax.process_index() == 0:
+                for warning in health_warnings(monitors, step, metrics):
+                    logging.warning("%s", warning)
 
         def evaluate_and_report(step: int, t: float, state: TrainState) -> Metrics:
             metrics = evaluate_state(state)

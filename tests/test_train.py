@@ -60,3 +60,17 @@ def test_the_split_on_the_devices_trains_exactly_as_host_batches(tmp_path, digit
         trained[on_device] = params_of(state)
     for a, b in zip(trained[False], trained[True], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_pinned_at_ln_c_logs_one_warning(tmp_path, digits_data_dir, caplog):
+    """Tiny initial weights keep every logit near 0: the loop says so, and trains on."""
+    caplog.set_level("WARNING", logger="absl")
+    config = load_config(
+        "digits", data_dir=digits_data_dir, num_train_steps=6, log_every_steps=2,
+        model__init_std=1e-4,
+    )  # fmt: skip
+    _, results = train.train_and_evaluate(config, str(tmp_path))
+    stalls = [r.getMessage() for r in caplog.records if "within 1% of ln 10" in r.getMessage()]
+    assert len(stalls) == 1 and stalls[0].startswith("step 2: the loss 2.30")
+    assert "config.model.kernel_init" in stalls[0]
+    assert results["step"] == 6
