@@ -112,9 +112,7 @@ def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: i
     shape, num_classes, _ = DATASETS[config.dataset]
     mesh = steps.create_mesh(config.num_models)
     model = models.from_config(config, num_classes)
-    peak = 1.0 if optimizer.is_injected(config) else None
-    learning_rate_fn = optimizer.create_learning_rate_fn(config, max(1, num_steps), 10**6, peak)
-    tx = optimizer.create_optimizer(config, learning_rate_fn)
+    _, tx = optimizer.create(config, steps_per_epoch=max(1, num_steps), total_steps=10**6)
     state, dropout_rng = ensemble.create_state(config, model, shape, tx, mesh)
     batch_size = config.batch_size // jax.process_count()
     split = synthetic_split(config, 4 * batch_size)

@@ -114,3 +114,18 @@ def set_hyperparameters(opt_state, values: dict[str, jax.Array]):
     for name, value in values.items():
         hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
     return opt_state._replace(hyperparams=hyperparams)
+
+
+def create(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """(the learning-rate schedule of ``config``, the optimizer that follows it).
+
+    With per-model learning rates (``config.sweep``) the optimizer scales a schedule
+    of peak 1 by each model's rate; the schedule returned is the config's own.
+    """
+    learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
+    if not is_injected(config):
+        return learning_rate_fn, create_optimizer(config, learning_rate_fn)
+    unit = create_learning_rate_fn(config, steps_per_epoch, total_steps, peak=1.0)
+    return learning_rate_fn, create_optimizer(config, unit)

@@ -207,6 +207,42 @@ def periodic(every: int, last_step: int, callback: Callable) -> periodic_actions
     )
 
 
+def device_inputs(config: ml_collections.ConfigDict, data: Data, mesh) -> tuple[Any, Any]:
+    """(the preprocessing statistics, the training split or None) on every device."""
+    stats = steps.replicate(data.info.preprocess_params, mesh)
+    if not config.data_on_device:
+        return stats, None
+    return stats, steps.replicate({"image": data.train.images, "label": data.train.labels}, mesh)
+
+
+def final_results(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    eval_metrics: Metrics,
+    steps_run: int,
+    train_seconds: float,
+    num_params: int,
+) -> dict[str, Any]:
+    """What ``results.json`` holds (for several models, also each model's and the ensemble's)."""
+    images_per_sec = round(steps_run * config.batch_size / train_seconds, 2) if steps_run else None
+    results = {
+        "dataset": config.dataset,
+        "step": current_step(state),
+        "test_accuracy": eval_metrics["accuracy"],
+        "test_error": eval_metrics["error"],
+        "test_loss": eval_metrics["loss"],
+        "test_examples": eval_metrics["examples"],
+        "train_seconds": round(train_seconds, 3),
+        "steps_this_run": steps_run,
+        "images_per_sec": images_per_sec,
+        "num_params": int(num_params),
+        "devices": jax.device_count(),
+    }
+    if config.num_models > 1:
+        results.update(ensemble.results(config, eval_metrics))
+    return results
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> tuple[TrainState, dict[str, Any]]:
@@ -225,16 +261,9 @@ def train_and_evaluate(
 
         mesh = steps.create_mesh(config.num_models)
         model = models.from_config(config, data.info.num_classes)
-        learning_rate_fn = optimizer.create_learning_rate_fn(
+        learning_rate_fn, tx = optimizer.create(
             config, schedule.steps_per_epoch, schedule.total_steps
         )
-        if optimizer.is_injected(config):  # Each model scales a schedule of peak 1.
-            unit_schedule = optimizer.create_learning_rate_fn(
-                config, schedule.steps_per_epoch, schedule.total_steps, peak=1.0
-            )
-            tx = optimizer.create_optimizer(config, unit_schedule)
-        else:
-            tx = optimizer.create_optimizer(config, learning_rate_fn)
         manager = stack.enter_context(checkpointing.create_manager(workdir, config))
         initial, dropout_rng = ensemble.create_state(config, model, data.info.image_shape, tx, mesh)
         state = checkpointing.restore_or_keep(manager, initial)
@@ -259,10 +288,7 @@ def train_and_evaluate(
         )
         inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
         jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
-        stats = steps.replicate(data.info.preprocess_params, mesh)
-        table = None
-        if config.data_on_device:
-            table = steps.replicate({"image": data.train.images, "label": data.train.labels}, mesh)
+        stats, table = device_inputs(config, data, mesh)
         num_eval_batches = input_pipeline.num_eval_batches(data.eval_total, config.batch_size)
 
         def evaluate_state(state: TrainState) -> Metrics:
@@ -332,24 +358,9 @@ def train_and_evaluate(
         else:  # Nothing left to train: the workdir already holds the final step.
             eval_metrics = evaluate_state(state)
 
-    steps_run = schedule.total_steps - start_step
-    results = {
-        "dataset": config.dataset,
-        "step": current_step(state),
-        "test_accuracy": eval_metrics["accuracy"],
-        "test_error": eval_metrics["error"],
-        "test_loss": eval_metrics["loss"],
-        "test_examples": eval_metrics["examples"],
-        "train_seconds": round(train_seconds, 3),
-        "steps_this_run": steps_run,
-        "images_per_sec": round(steps_run * config.batch_size / train_seconds, 2)
-        if steps_run
-        else None,
-        "num_params": int(num_params),
-        "devices": jax.device_count(),
-    }
-    if config.num_models > 1:
-        results.update(ensemble.results(config, eval_metrics))
+    results = final_results(
+        config, state, eval_metrics, schedule.total_steps - start_step, train_seconds, num_params
+    )
     workdir_lib.write_results(workdir, results)
     logging.info("Final: %s", json.dumps(results))
     return state, results

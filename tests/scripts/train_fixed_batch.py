@@ -29,8 +29,7 @@ def fixed_batch_training(num_models: int) -> dict:
         config.sweep.learning_rate = tuple(0.01 * (k + 1) for k in range(num_models))
     mesh = steps.create_mesh(num_models)
     model = models.from_config(config, num_classes=10)
-    peak = 1.0 if num_models > 1 else None
-    tx = optimizer.create_optimizer(config, optimizer.create_learning_rate_fn(config, 10, 10, peak))
+    _, tx = optimizer.create(config, steps_per_epoch=10, total_steps=10)
     state, dropout_rng = ensemble.create_state(config, model, (16, 16, 3), tx, mesh)
     rng = np.random.default_rng(0)
     batch = {
