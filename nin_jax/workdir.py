@@ -42,6 +42,8 @@ LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
+# Fields every config.json has held since the first nin_jax (later ones get defaults).
+_CONFIG_CORE_FIELDS = ("dataset", "model", "batch_size", "learning_rate", "seed")
 CHECKPOINT_DEFINING_FIELDS = ("dataset", "model.widths", "model.kernel_sizes", "model.head")
 # What to do about a damaged file, by file (docs/FILES.md lists every file's policy).
 _CONFIG_REMEDY = (
@@ -238,11 +240,19 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (``workdir/config.json``), checked as
-    training checks a config."""
+    training checks a config. Fields the file lacks (it was written by an older
+    nin_jax) get their defaults."""
+    from nin_jax.configs import default
+
     path = os.path.join(workdir, CONFIG_FILE)
     raw = _read_json(path, "written by nin_jax.main", _CONFIG_REMEDY)
+    missing = [key for key in _CONFIG_CORE_FIELDS if key not in raw]
+    if missing or not isinstance(raw["model"], dict):
+        reason = f"not a nin_jax config: no {', '.join(missing) or 'model fields'}"
+        raise _damaged(path, reason, _CONFIG_REMEDY)
     try:
-        config = ml_collections.ConfigDict(_tuples(raw))
+        config = default.get_config()
+        config.update(_tuples(raw))
         config_validation.validate(config)
     except ConfigError as e:
         raise _damaged(path, str(e), _CONFIG_REMEDY) from None
