@@ -42,9 +42,11 @@ LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
+CHECKPOINT_DEFINING_FIELDS = (
+    "dataset", "model.widths", "model.kernel_sizes", "model.head", "num_models",
+)  # fmt: skip
 # Fields every config.json has held since the first nin_jax (later ones get defaults).
 _CONFIG_CORE_FIELDS = ("dataset", "model", "batch_size", "learning_rate", "seed")
-CHECKPOINT_DEFINING_FIELDS = ("dataset", "model.widths", "model.kernel_sizes", "model.head")
 # What to do about a damaged file, by file (docs/FILES.md lists every file's policy).
 _CONFIG_REMEDY = (
     "it describes the checkpoints' model: restore it from a copy, or delete it and rerun "
