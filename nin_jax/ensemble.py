@@ -3,10 +3,11 @@
 Model ``k`` is initialised, and draws its dropout masks, from seed
 ``init_seed + k`` (``config.init_seed``, default ``config.seed``), so model
 ``k`` of an ensemble computes what the one-model run with ``--config.init_seed``
-set to that seed computes (up to the rounding of the batched arithmetic).
-The data order and augmentation follow ``config.seed`` and are shared. ``config.sweep.<field>`` gives K values of a hyperparameter, one
-per model (``learning_rate``, ``weight_decay``, ``dropout_rate``): they travel
-as arrays in the train state (the optimizer's ``inject_hyperparams`` state and
+set to that seed computes (up to the rounding of the batched arithmetic). The
+data order and augmentation follow ``config.seed`` and are shared.
+``config.sweep.<field>`` gives K values of a hyperparameter, one per model
+(``learning_rate``, ``weight_decay``, ``dropout_rate``): they travel as arrays
+in the train state (the optimizer's ``inject_hyperparams`` state and
 ``TrainState.dropout_rate``), so one compiled step serves every value.
 
 The train state is stacked on a leading model axis and the step is
