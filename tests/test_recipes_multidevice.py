@@ -1,8 +1,9 @@
-"""Every recipe in configs/ trains and evaluates under mock data on 4 fake CPU devices.
+"""Recipes train and evaluate under mock data on 4 fake CPU devices.
 
-XLA_FLAGS must be set before jax is imported, so one subprocess runs all recipes
-(tests/scripts/four_device_recipes.py, paying the import once); the speed-ups of
-test_recipes.py apply.
+One recipe of each kind (preprocessing, augmentation, network variant, head):
+test_recipes.py runs every recipe on one device. XLA_FLAGS must be set before jax
+is imported, so one subprocess runs them all (tests/scripts/four_device_recipes.py,
+paying the import once); the speed-ups of test_recipes.py apply.
 """
 
 import json
@@ -12,7 +13,10 @@ import sys
 
 import pytest
 from helpers import REPO_ROOT, SCRIPTS, load_config, xla_flags
-from test_recipes import MOCK_EXAMPLES, RECIPES, check_results, seed_zca_cache
+from test_recipes import MOCK_EXAMPLES, check_results, seed_zca_cache
+
+# GCN + ZCA with crop/flip, LCN on the SVHN network, the MNIST network, a dense head.
+RECIPES = ["cifar10_augmented", "svhn", "mnist", "cifar10_fc_dropout"]
 
 
 @pytest.mark.slow
