@@ -19,9 +19,14 @@ Printed per run: input RMS after preprocessing, per-block activation RMS and
 logit scale at initialisation, the first step's per-block gradient norms, the
 steps until the loss falls below 0.9 ln C and until it leaves the 1% band
 around ln C, the dead classes at each log point, and the final test accuracy
-with per-class accuracy. No TensorFlow: preprocessing (standardize, GCN + ZCA,
-LCN) and augmentation (crop + flip) are re-implemented in numpy below, checked
-against nin_jax.preprocessing in tests/test_recipes_learn.py.
+with per-class accuracy. No TensorFlow: the recipe's preprocessing and
+augmentation run on the device as in training (``steps.Inputs``), with the
+statistics fitted here in numpy (``fit_stats``; the ZCA is checked against
+nin_jax.statistics in tests/test_recipes_learn.py).
+
+``--photo_scale`` prints the RMS that GCN + ZCA gives 32x32 patches of real
+photographs (scikit-learn's two sample images), the scale real CIFAR inputs
+should have, against the 0.12 of the whitened stand-in digits.
 """
 
 import argparse
@@ -38,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nin_jax import health, models, optimizer, steps  # noqa: E402
+from nin_jax import health, models, optimizer, preprocessing, steps  # noqa: E402
 from nin_jax.datasets import standins  # noqa: E402
 
 # config.dataset -> its stand-in (nin_jax/datasets/standins.py).
@@ -57,8 +62,6 @@ REAL_TRAIN_SIZE = {
     "cifar100": 50_000,
     "svhn_cropped": 604_388,
 }
-GCN_SCALE, ZCA_BIAS = 55.0, 0.1
-LCN_SIZE, LCN_SIGMA, LCN_THRESHOLD = 7, 2.0, 1e-4
 EVAL_BATCH = 500
 
 
@@ -76,123 +79,127 @@ def parse_run(spec: str):
     return config
 
 
-# --- numpy preprocessing (nin_jax/preprocessing.py without TensorFlow) -------------------
+# --- preprocessing statistics (nin_jax.statistics without its TFDS imports) -------------
 
 
 def gcn(images: np.ndarray) -> np.ndarray:
-    """Each image minus its mean, scaled to L2 norm 55 (flat images stay 0), flattened."""
+    """float64 (N, D): each image minus its mean, scaled to L2 norm 55 (flat images: 0)."""
     x = images.reshape(len(images), -1).astype(np.float64)
     x = x - x.mean(1, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return GCN_SCALE * x / np.where(norm < 1e-8, 1.0, norm)
+    return preprocessing.GCN_SCALE * x / np.where(norm < 1e-8, 1.0, norm)
 
 
-def fit_zca(train: np.ndarray):
-    """ZCA of the GCN'd training images from an SVD of the data (no D x D eigensolve):
-    ``W = V diag(1/sqrt(lambda + bias)) V^T`` with the null space at ``1/sqrt(bias)``."""
+def zca_stats(train: np.ndarray) -> dict[str, np.ndarray]:
+    """ZCA of the GCN'd training images, ``W = V diag(1/sqrt(lambda + bias)) V^T`` as
+    nin_jax.statistics fits it, from an SVD of the data rather than an eigensolve of the
+    D x D covariance (seconds instead of a minute on 2 cores for D = 3072)."""
     x = gcn(train)
     mean = x.mean(0)
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
-    scale = 1.0 / np.sqrt(singular**2 / len(x) + ZCA_BIAS)
-
-    def whiten(images: np.ndarray) -> np.ndarray:
-        centered = gcn(images) - mean
-        projected = centered @ vt.T
-        out = (projected * scale) @ vt + (centered - projected @ vt) / np.sqrt(ZCA_BIAS)
-        return out.reshape(images.shape).astype(np.float32)
-
-    return whiten
+    bias = preprocessing.ZCA_FILTER_BIAS
+    gain = 1.0 / np.sqrt(singular**2 / len(x) + bias) - 1.0 / np.sqrt(bias)
+    whitening = (vt.T * gain) @ vt + np.eye(x.shape[1]) / np.sqrt(bias)
+    return {"mean": mean.astype(np.float32), "whitening": whitening.astype(np.float32)}
 
 
-def blur(x: np.ndarray) -> np.ndarray:
-    """Zero-padded 7x7 Gaussian (sigma 2) blur of each channel of (N, H, W, C)."""
-    offsets = np.arange(LCN_SIZE) - LCN_SIZE // 2
-    g = np.exp(-(offsets**2) / (2 * LCN_SIGMA**2))
-    g /= g.sum()  # The 2-D window is the outer product of this 1-D one.
-    half = LCN_SIZE // 2
-    for axis in (1, 2):
-        pad = [(0, 0)] * 4
-        pad[axis] = (half, half)
-        padded = np.pad(x, pad)
-        size = x.shape[axis]
-        x = sum(w * np.take(padded, np.arange(i, i + size), axis=axis) for i, w in enumerate(g))
-    return x
-
-
-def lcn(images: np.ndarray) -> np.ndarray:
-    """Local contrast normalisation per channel, as preprocessing.local_contrast_normalize."""
-    x = images.astype(np.float64) / 255.0
-    centered = x - blur(x)
-    local_std = np.sqrt(blur(centered**2))
-    divisor = np.maximum(local_std, local_std.mean(axis=(1, 2), keepdims=True))
-    return (centered / np.maximum(divisor, LCN_THRESHOLD)).astype(np.float32)
-
-
-def fit_preprocess(name: str, train: np.ndarray):
-    """The numpy version of ``config.preprocess`` fitted on the uint8 training images."""
+def fit_stats(name: str, train: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of preprocessing ``name``, fitted on the uint8 training images."""
     if name == "standardize":
         pixels = train.reshape(-1, train.shape[-1]).astype(np.float64)
-        mean, std = pixels.mean(0), pixels.std(0)
-        return lambda images: ((images - mean) / std).astype(np.float32)
+        return {"mean": pixels.mean(0).astype(np.float32), "std": pixels.std(0).astype(np.float32)}
     if name == "gcn_zca":
-        return fit_zca(train)
-    if name == "lcn":
-        return lcn
-    raise ValueError(f"unknown preprocess {name!r}")
+        return zca_stats(train)
+    return {}  # lcn
 
 
-def crop_flip(images: np.ndarray, rng: np.random.RandomState, pad: int = 4) -> np.ndarray:
-    """Random translation by up to ``pad`` pixels (zero padding), then a flip with p = 1/2."""
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy, dx = rng.randint(0, 2 * pad + 1, (2, n))
-    rows = dy[:, None] + np.arange(h)[None]
-    cols = dx[:, None] + np.arange(w)[None]
-    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    flip = rng.rand(n) < 0.5
-    out[flip] = out[flip, :, ::-1]
-    return out
+def photo_patches(downscale: int, per_photo: int = 2500, seed: int = 0) -> np.ndarray:
+    """uint8 random 32x32x3 patches of scikit-learn's two sample photographs, downscaled."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.RandomState(seed)
+    patches = []
+    for photo in load_sample_images().images:
+        height, width, _ = photo.shape
+        size = (width // downscale, height // downscale)
+        small = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
+        for _ in range(per_photo):
+            y, x = rng.randint(0, small.shape[0] - 32), rng.randint(0, small.shape[1] - 32)
+            patches.append(small[y : y + 32, x : x + 32])
+    return np.stack(patches)
+
+
+def zca_output_rms(images: np.ndarray) -> float:
+    """RMS of GCN + ZCA (fitted on ``images``) applied to ``images``: from the eigenvalues,
+    ``sqrt(sum(lambda / (lambda + bias)) / D)``."""
+    x = gcn(images)
+    eigenvalues = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2 / len(x)
+    whitened = eigenvalues / (eigenvalues + preprocessing.ZCA_FILTER_BIAS)
+    return float(np.sqrt(whitened.sum() / x.shape[1]))
+
+
+def rescaled(name: str, stats: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]:
+    """Statistics whose preprocessing output is ``factor`` times the original's."""
+    if name == "standardize":
+        return {**stats, "std": stats["std"] / np.float32(factor)}
+    if name == "gcn_zca":
+        return {**stats, "whitening": stats["whitening"] * np.float32(factor)}
+    raise ValueError(f"--input_rms needs preprocess 'standardize' or 'gcn_zca', not {name!r}")
 
 
 # --- one run ------------------------------------------------------------------------------
 
 
-def standin_data(config):
-    """Preprocessed float32 (train images, train labels, test images, test labels)."""
+def standin_data(config, input_rms: float | None = None):
+    """uint8 (train images, train labels, test images, test labels) and the fitted
+    statistics; ``input_rms``: statistics rescaled so the preprocessed training images
+    have that RMS."""
     name = STANDIN_OF[config.dataset]
     train_images, train_labels = standins.load(name, "train")
     test_images, test_labels = standins.load(name, "test")
-    preprocess = fit_preprocess(config.preprocess, train_images)
-    return preprocess(train_images), train_labels, preprocess(test_images), test_labels
+    stats = fit_stats(config.preprocess, train_images)
+    if input_rms is not None:
+        rms = float(np.sqrt(np.mean(preprocess(config.preprocess, stats, train_images) ** 2)))
+        stats = rescaled(config.preprocess, stats, input_rms / rms)
+    return train_images, train_labels, test_images, test_labels, stats
 
 
-def init_report(state, images: np.ndarray, num_classes: int) -> dict:
+def preprocess(name: str, stats: dict, images: np.ndarray) -> np.ndarray:
+    """float32 model inputs of uint8 ``images``, in chunks of ``EVAL_BATCH``."""
+    apply = jax.jit(preprocessing.apply, static_argnums=0)
+    chunks = range(0, len(images), EVAL_BATCH)
+    return np.concatenate(
+        [np.asarray(apply(name, stats, images[i : i + EVAL_BATCH])) for i in chunks]
+    )
+
+
+def init_report(state, inputs: np.ndarray, num_classes: int) -> dict:
     """Input RMS, per-block activation RMS, logit scale and dead classes at initialisation."""
     logits, variables = jax.jit(
         lambda p, x: state.apply_fn({"params": p}, x, train=False, mutable=["intermediates"])
-    )(state.params, images)
+    )(state.params, inputs)
     outputs = variables["intermediates"]["block_outputs"]
     logits = np.asarray(logits)
+    loss = np.mean(jax.nn.logsumexp(logits, axis=1) - logits.mean(1))
     return {
-        "input_rms": float(np.sqrt(np.mean(images**2))),
+        "input_rms": float(np.sqrt(np.mean(inputs**2))),
         "activation_rms": {k: float(v) for k, v in health.activation_rms(outputs).items()},
         "logit_std_over_classes": float(np.mean(np.std(logits, axis=1))),
         "logit_mean": float(np.mean(logits)),
         "dead_classes": np.flatnonzero(np.asarray(health.dead_classes(outputs[-1]))).tolist(),
-        "initial_loss_vs_ln_c": float(
-            np.mean(jax.nn.logsumexp(logits, axis=1) - logits.mean(1)) / math.log(num_classes)
-        ),
+        "uniform_label_loss_over_ln_c": float(loss / math.log(num_classes)),
     }
 
 
-def evaluate(state, images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+def evaluate(state, inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Test accuracy, per-class accuracy and the classes whose maps are 0 on every test image."""
     apply = jax.jit(
         lambda p, x: state.apply_fn({"params": p}, x, train=False, mutable=["intermediates"])
     )
     predictions, map_max = [], np.zeros(num_classes)
-    for start in range(0, len(images), EVAL_BATCH):
-        logits, variables = apply(state.params, images[start : start + EVAL_BATCH])
+    for start in range(0, len(inputs), EVAL_BATCH):
+        logits, variables = apply(state.params, inputs[start : start + EVAL_BATCH])
         predictions.append(np.argmax(np.asarray(logits), 1))
         maps = np.asarray(variables["intermediates"]["block_outputs"][-1])
         map_max = np.maximum(map_max, maps.max(axis=(0, 1, 2)))
@@ -213,76 +220,98 @@ def first_step(losses: np.ndarray, threshold: float) -> int | None:
     return int(below[0]) + 1 if len(below) else None
 
 
-def train_run(
-    spec: str, num_steps: int, log_every: int, seed: int, schedule: str, data_cache: dict
-) -> dict:
-    config = parse_run(spec)
-    key = (config.dataset, config.preprocess)
-    if key not in data_cache:
-        data_cache[key] = standin_data(config)
-    train_x, train_y, test_x, test_y = data_cache[key]
-    num_classes = standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
-    per_epoch = len(train_x) // config.batch_size
+def schedule_length(config, schedule: str, standin_per_epoch: int, num_steps: int):
+    """(steps per epoch, total steps) of the learning-rate schedule (see the module doc)."""
     if schedule == "real":
-        steps_per_epoch = REAL_TRAIN_SIZE[config.dataset] // config.batch_size
-        schedule_steps = math.ceil(config.num_epochs * steps_per_epoch)
-    else:
-        steps_per_epoch, schedule_steps = per_epoch, num_steps
-    lr_fn = optimizer.create_learning_rate_fn(config, steps_per_epoch, schedule_steps)
+        per_epoch = REAL_TRAIN_SIZE[config.dataset] // config.batch_size
+        return per_epoch, math.ceil(config.num_epochs * per_epoch)
+    return standin_per_epoch, num_steps
+
+
+def log_point(step: int, window: list[dict], learning_rate: float) -> dict:
+    """One log point's summary of the window's per-step metrics (already on the host)."""
+    dead = np.min([m["dead_classes"] for m in window], axis=0) > 0
+    return {
+        "step": step,
+        "loss": round(float(np.mean([m["loss"] for m in window])), 4),
+        "accuracy": round(float(np.mean([m["accuracy"] for m in window])), 4),
+        "lr": round(learning_rate, 6),
+        "dead": np.flatnonzero(dead).tolist(),
+        "activation_rms": {
+            k.split("/")[1]: round(float(v), 4)
+            for k, v in window[-1].items()
+            if k.startswith("activation_rms/")
+        },
+        "grad_norm": round(float(np.mean([m["grad_norm"] for m in window])), 4),
+    }
+
+
+def train_run(
+    spec: str,
+    num_steps: int,
+    log_every: int,
+    seed: int,
+    schedule: str,
+    input_rms: float | None,
+    data_cache: dict,
+) -> dict:
+    """Trains run ``spec`` for ``num_steps`` on its stand-in; the JSON-able report."""
+    config = parse_run(spec)
+    key = (config.dataset, config.preprocess, input_rms)
+    if key not in data_cache:
+        data_cache[key] = standin_data(config, input_rms)
+    train_x, train_y, test_x, test_y, stats = data_cache[key]
+    num_classes = standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
+    standin_per_epoch = len(train_x) // config.batch_size
+    per_epoch, total = schedule_length(config, schedule, standin_per_epoch, num_steps)
+    lr_fn = optimizer.create_learning_rate_fn(config, per_epoch, total)
     model = models.from_config(config, num_classes)
-    params_rng, dropout_rng = jax.random.split(jax.random.key(seed))
     tx = optimizer.create_optimizer(config, lr_fn)
+    params_rng, dropout_rng = jax.random.split(jax.random.key(seed))
     state = jax.jit(lambda rng: steps.create_train_state(rng, model, train_x.shape[1:], tx))(
         params_rng
     )
-    init = init_report(state, train_x[: config.batch_size], num_classes)
-    train_step = jax.jit(steps.train_step, donate_argnums=0)
-
+    init = init_report(
+        state, preprocess(config.preprocess, stats, train_x[: config.batch_size]), num_classes
+    )
+    inputs = steps.Inputs(config.preprocess, config.augment, seed)
+    train_step = jax.jit(
+        lambda state, batch, stats: steps.train_step(
+            state, inputs.train_batch(stats, None, batch, state.step), dropout_rng
+        ),
+        donate_argnums=0,
+    )
     rng = np.random.RandomState(seed)
     order = np.array([], np.int64)
     losses, log, window, first_grads = [], [], [], None
-    dead_since: dict[int, int] = {}
     start = time.perf_counter()
     for step in range(1, num_steps + 1):
         if len(order) < config.batch_size:
-            order = rng.permutation(len(train_x))[: per_epoch * config.batch_size]
+            order = rng.permutation(len(train_x))[: standin_per_epoch * config.batch_size]
         idx, order = order[: config.batch_size], order[config.batch_size :]
-        images = train_x[idx]
-        if config.augment == "crop_flip":
-            images = crop_flip(images, rng)
-        state, metrics = train_step(state, {"image": images, "label": train_y[idx]}, dropout_rng)
+        state, metrics = train_step(state, {"image": train_x[idx], "label": train_y[idx]}, stats)
         window.append(metrics)
         if step % log_every and step != num_steps:
             continue
         window = jax.device_get(window)
         if first_grads is None:
-            first_grads = {k[10:]: float(v) for k, v in window[0].items() if k[:10] == "grad_norm/"}
-        window_losses = [float(m["loss"]) for m in window]
-        losses.extend(window_losses)
-        dead = np.min([m["dead_classes"] for m in window], axis=0) > 0
-        for c in np.flatnonzero(dead):
-            dead_since.setdefault(int(c), step)
-        log.append(
-            {
-                "step": step,
-                "loss": round(float(np.mean(window_losses)), 4),
-                "accuracy": round(float(np.mean([m["accuracy"] for m in window])), 4),
-                "lr": round(float(lr_fn(step - 1)), 6),
-                "dead": np.flatnonzero(dead).tolist(),
-                "activation_rms": {
-                    k[15:]: round(float(v), 4)
-                    for k, v in window[-1].items()
-                    if k.startswith("activation_rms/")
-                },
-                "grad_norm": round(float(np.mean([m["grad_norm"] for m in window])), 4),
+            first_grads = {
+                k.split("/")[1]: float(v)
+                for k, v in window[0].items()
+                if k.startswith("grad_norm/")
             }
-        )
+        losses.extend(float(m["loss"]) for m in window)
+        log.append(log_point(step, window, float(lr_fn(step - 1))))
+        window = []
         if not math.isfinite(log[-1]["loss"]):
             break
-        window = []
     train_seconds = time.perf_counter() - start
     chance = math.log(num_classes)
     losses = np.array(losses)
+    dead_since: dict[int, int] = {}
+    for point in log:
+        for c in point["dead"]:
+            dead_since.setdefault(c, point["step"])
     return {
         "run": spec,
         "seed": seed,
@@ -292,9 +321,10 @@ def train_run(
         "num_classes": num_classes,
         "steps": len(losses),
         "schedule": schedule,
-        "schedule_steps_per_epoch": steps_per_epoch,
-        "standin_steps_per_epoch": per_epoch,
-        "warmup_steps": int(config.warmup_epochs * steps_per_epoch),
+        "input_rms_set": input_rms,
+        "schedule_steps_per_epoch": per_epoch,
+        "standin_steps_per_epoch": standin_per_epoch,
+        "warmup_steps": int(config.warmup_epochs * per_epoch),
         "train_seconds": round(train_seconds, 1),
         "init": init,
         "first_step_grad_norm": first_grads,
@@ -303,13 +333,13 @@ def train_run(
         "dead_since_step": dead_since,
         "final_dead": log[-1]["dead"],
         "log": log,
-        **evaluate(state, test_x, test_y, num_classes),
+        **evaluate(state, preprocess(config.preprocess, stats, test_x), test_y, num_classes),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="recipe[:field=literal;...]")
+    parser.add_argument("--run", action="append", default=[], help="recipe[:field=literal;...]")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--log_every", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -319,18 +349,44 @@ def main(argv: list[str] | None = None) -> None:
         default="real",
         help="learning-rate schedule of the real dataset's run, or of the stand-in's CLI run",
     )
+    parser.add_argument(
+        "--input_rms",
+        type=float,
+        help="rescale the preprocessed images to this RMS (real data's scale can differ)",
+    )
     parser.add_argument("--output", help="also append the JSON lines to this file")
+    parser.add_argument(
+        "--photo_scale",
+        action="store_true",
+        help="print the GCN + ZCA output RMS of 32x32 patches of real photographs",
+    )
     args = parser.parse_args(argv)
+
+    def emit(result: dict) -> None:
+        line = json.dumps(result)
+        print(line, flush=True)
+        if args.output:
+            with open(args.output, "a") as f:
+                f.write(line + "\n")
+
+    if args.photo_scale:
+        for downscale in (2, 4, 8):
+            rms = zca_output_rms(photo_patches(downscale))
+            emit({"photo_patches_downscale": downscale, "gcn_zca_rms": round(rms, 4)})
     data_cache: dict = {}
     for spec in args.run:
         for seed in args.seeds:
-            result = json.dumps(
-                train_run(spec, args.steps, args.log_every, seed, args.schedule, data_cache)
+            emit(
+                train_run(
+                    spec,
+                    args.steps,
+                    args.log_every,
+                    seed,
+                    args.schedule,
+                    args.input_rms,
+                    data_cache,
+                )
             )
-            print(result, flush=True)
-            if args.output:
-                with open(args.output, "a") as f:
-                    f.write(result + "\n")
 
 
 if __name__ == "__main__":

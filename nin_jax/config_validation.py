@@ -80,6 +80,9 @@ def _check_ints(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if not _is_int(value) or value < minimum:
             _fail(field, value, f"an integer >= {minimum}")
+    examples = config.schedule_train_examples
+    if examples is not None and not (_is_int(examples) and examples >= 1):
+        _fail("schedule_train_examples", examples, "None (the training split) or an integer >= 1")
     if config.eval_every_steps == 0:
         _fail("eval_every_steps", 0, "-1 (once per epoch) or a positive number of steps")
 

@@ -104,10 +104,11 @@ class HealthMonitor:
         return (
             f"step {step}: the loss {loss:.4f} is still within {STALL_TOLERANCE:.0%} of "
             f"ln {self.num_classes} = {chance:.4f} after the {self.warmup_steps} warmup steps: "
-            "the logits are all near 0 (an initialisation too small for the network's depth, "
-            "or a learning rate too low to leave the plateau); try "
-            "config.model.kernel_init='he_normal' with config.model.init_std=None, "
-            "config.lr_multipliers=False, or a different config.learning_rate"
+            "the network is not learning yet (activation_rms/* near 0: an initialisation too "
+            "small for the depth, such as N(0, 0.05); otherwise a class layer or a learning "
+            "rate too slow to leave the plateau); see config.model.kernel_init, "
+            "config.model.init_std, config.lr_multipliers, config.learning_rate and "
+            "config.warmup_epochs"
         )
 
     def _check_dead(self, step: int, window: Sequence[Mapping[str, Any]]) -> str | None:
@@ -123,7 +124,8 @@ class HealthMonitor:
             f"step {step}: the class maps of class(es) {_names(newly, self.class_names)} have "
             f"been 0 for every image over {DEAD_LOG_POINTS} log points ({total} of "
             f"{self.num_classes} classes dead): behind the class layer's ReLU they get no "
-            "gradient and may never recover (likely: early steps too large for the class "
-            "layer); lower config.learning_rate, raise config.warmup_epochs, or set "
-            "config.model.class_bias > 0"
+            "gradient and may never recover (likely: steps too large, which pushed those maps "
+            "below 0 on every image); lower config.learning_rate or raise "
+            "config.warmup_epochs; a zero class kernel with a positive bias "
+            "(config.model.class_init_std=0, config.model.class_bias=1) starts every map alive"
         )

@@ -159,8 +159,9 @@ class NIN(nn.Module):
         is set.
       init_std: ``None`` for ``kernel_init``, or the std of a fixed Gaussian
         initialisation of every kernel (0.05 in the authors' cuda-convnet code).
-      class_init_std: ``None`` to initialise the class layer's kernel as the
-        others, or the std of its Gaussian initialisation (0: zeros).
+      class_init_std: ``None`` to initialise the class layer's kernel (and an fc
+        head's dense kernel) as the others, or the std of its Gaussian
+        initialisation (0: zeros).
       class_bias: the initial bias of the class layer (the last cccp layer).
       conv_impl: 'auto', 'xla' or 'matmul' (see the module docstring).
       dtype: computation dtype; parameters stay float32.
@@ -214,7 +215,8 @@ class NIN(nn.Module):
         ]
         self._pool_impl = impl
         if self.head != "gap":
-            self.fc = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
+            fc_init = kernel_init if class_kernel_init is None else class_kernel_init
+            self.fc = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=fc_init)
 
     def _dropout(self, x: jax.Array, train: bool, rate: float | jax.Array | None) -> jax.Array:
         """Inverted dropout at ``rate`` (default ``dropout_rate``), which may be a traced

@@ -70,12 +70,13 @@ class Schedule:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, train_examples: int) -> "Schedule":
-        per_epoch = train_examples // config.batch_size
-        if per_epoch == 0:
+        if train_examples < config.batch_size:
             raise DatasetError(
                 f"{config.train_split!r} has {train_examples} examples, fewer than one batch "
                 f"of {config.batch_size}"
             )
+        schedule_examples = config.schedule_train_examples or train_examples
+        per_epoch = max(1, schedule_examples // config.batch_size)
         total = config.num_train_steps
         if total < 0:
             total = math.ceil(config.num_epochs * per_epoch)

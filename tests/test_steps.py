@@ -12,21 +12,26 @@ import pytest
 from helpers import REPO_ROOT, SCRIPTS, init_state, load_config, xla_flags
 
 from nin_jax import models, optimizer, steps
+from nin_jax.datasets import standins
 
 sys.path.insert(0, str(SCRIPTS))
 import train_fixed_batch  # noqa: E402
 
 
 def test_loss_decreases_on_a_fixed_batch():
-    config = load_config("digits", learning_rate=0.05, model__dropout_rate=0.0)
+    """16 real digits, learned by a narrow network in 40 steps (2.30 -> 1.19 when written)."""
+    config = load_config(
+        "digits", learning_rate=0.01, model__dropout_rate=0.0, model__kernel_init="he_normal"
+    )
     config.model.widths = ((32, 32, 32), (32, 32, 32), (32, 32))
     model = models.from_config(config, num_classes=10)
     tx = optimizer.create_optimizer(config, optax.constant_schedule(config.learning_rate))
     state = init_state(model, (8, 8, 1), tx)
-    rng = np.random.default_rng(0)
+    images, labels = standins.load("8x8x1", "train")
+    images = images[:16].astype(np.float32)
     batch = {
-        "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-        "label": rng.integers(0, 10, 16).astype(np.int32),
+        "image": (images - images.mean()) / images.std(),
+        "label": labels[:16].astype(np.int32),
     }
     step = jax.jit(steps.train_step)
     losses = []

@@ -6,10 +6,10 @@ configs/cifar10_fc.py with dropout (rate config.model.dropout_rate = 0.5)
 before the dense layer; same parameter count (973,396).
 """
 
-from nin_jax.configs import cifar10
+from nin_jax.configs import cifar10_fc
 
 
 def get_config():
-    config = cifar10.get_config()
+    config = cifar10_fc.get_config()
     config.model.head = "fc_dropout"
     return config

@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 'gap' (global average pooling, the paper's NIN), 'fc' or 'fc_dropout' (a
     # dense layer on the flattened class maps, the paper's ablation).
     config.model.head = "gap"
-    # Fan-in-scaled kernel initialisation: 'lecun_normal' or 'he_normal'.
+    # Fan-in-scaled kernel initialisation: 'lecun_normal' (Flax's default) or
+    # 'he_normal' (keeps activations' scale through ReLU layers: the paper recipes).
     config.model.kernel_init = "lecun_normal"
     # None: kernel_init; a float: N(0, init_std) for every kernel, as in the authors' code.
     config.model.init_std = ml_collections.config_dict.placeholder(float)
@@ -66,13 +67,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 10
     # Length of training in steps; -1: num_epochs * steps per epoch.
     config.num_train_steps = -1
+    # Examples per epoch of the learning-rate schedule (warmup, decays, num_epochs);
+    # None: the training split's size. Set it to keep a recipe's rate at every step
+    # on other data (a subset, a real-image stand-in: docs/RECIPES.md).
+    config.schedule_train_examples = ml_collections.config_dict.placeholder(int)
     # Peak learning rate (after warmup).
     config.learning_rate = 0.01
     # 'cosine' (decay to 0), 'step' (multiply by lr_decay_factor at each of
     # lr_decay_epochs) or 'constant'.
     config.lr_schedule = "cosine"
     # Linear warmup from 0 over this many epochs (NIN's ReLU class maps die
-    # easily at the start; see PAPER_NOTES.md).
+    # when the first steps are too large; see docs/RECIPES.md, "Diagnosis").
     config.warmup_epochs = 1.0
     # For lr_schedule='step': epochs at which the rate is multiplied by lr_decay_factor.
     config.lr_decay_epochs = (80, 160)

@@ -1,0 +1,144 @@
+"""The paper recipes start healthy on real images, where the authors' initialisation does not.
+
+Every check runs the recipe at its real input shape and real widths on its
+real-image stand-in (nin_jax/datasets/standins.py), preprocessed as the recipe
+says (statistics fitted on the stand-in's first ``FIT_IMAGES`` training images),
+forward passes only: at initialisation every logit is equal (the loss is
+exactly ln C), every class map is alive on every image, and the blocks keep the
+input's scale, where the authors' N(0, 0.05) weights shrink it 25 to 300 times
+by the second block (the stall at ln C: docs/RECIPES.md, "Diagnosis").
+
+How many steps each recipe then takes to leave ln C is measured by
+benchmarks/recipe_diagnosis.py and the stand-in runs in docs/RECIPES.md: 140 to
+several hundred steps of batch 128 at the recipes' rates, minutes per recipe
+on 2 CPU cores, too long for this suite.
+"""
+
+import functools
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import REPO_ROOT
+
+from nin_jax import health, models, preprocessing, statistics
+from nin_jax.datasets import standins
+
+PAPER_RECIPES = (
+    "mnist",
+    "cifar10",
+    "cifar10_augmented",
+    "cifar100",
+    "svhn",
+    "cifar10_fc",
+    "cifar10_fc_dropout",
+)
+STANDIN_OF = {"mnist": "28x28x1", "cifar100": "pairs_32x32x3"}  # the others: 32x32x3
+FIT_IMAGES = 300
+PROBE_IMAGES = 16
+# The authors' initialisation and per-layer rates, one override away from every recipe.
+AUTHORS = {
+    "model.init_std": 0.05,
+    "model.class_init_std": None,
+    "model.class_bias": 0.0,
+    "lr_multipliers": True,
+}
+
+
+@functools.cache
+def diagnosis():
+    """benchmarks/recipe_diagnosis.py as a module (its numpy statistics fitting)."""
+    spec = importlib.util.spec_from_file_location(
+        "recipe_diagnosis", REPO_ROOT / "benchmarks" / "recipe_diagnosis.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe(name: str, **overrides):
+    """configs/<name>.py with ``overrides`` (dotted keys) and XLA convolutions (fast to
+    compile)."""
+    config = importlib.import_module(f"nin_jax.configs.{name}").get_config()
+    config.model.conv_impl = "xla"
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+@functools.cache
+def standin_inputs(name: str, preprocess: str) -> tuple[np.ndarray, int]:
+    """(the first ``PROBE_IMAGES`` training images of a stand-in, preprocessed, its classes)."""
+    images = standins.load(name, "train")[0][:FIT_IMAGES]
+    stats = diagnosis().fit_stats(preprocess, images)
+    probe = images[:PROBE_IMAGES]
+    inputs = np.asarray(jax.jit(preprocessing.apply, static_argnums=0)(preprocess, stats, probe))
+    return inputs, standins.STANDINS[name].num_classes
+
+
+def recipe_inputs(name: str, config):
+    return standin_inputs(STANDIN_OF.get(name, "32x32x3"), config.preprocess)
+
+
+def init_probe(config, images: np.ndarray, num_classes: int) -> dict:
+    """Loss over ln C, dead classes and block RMS over input RMS at initialisation."""
+    model = models.from_config(config, num_classes)
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
+    logits, variables = apply(params, images)
+    outputs = variables["intermediates"]["block_outputs"]
+    uniform_loss = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.mean(logits, -1))
+    input_rms = float(np.sqrt(np.mean(images**2)))
+    return {
+        "uniform_loss_over_ln_c": float(uniform_loss) / math.log(num_classes),
+        "logit_spread": float(jnp.max(logits) - jnp.min(logits)),
+        "dead": np.asarray(health.dead_classes(outputs[-1])),
+        "relative_rms": [float(v) / input_rms for v in health.activation_rms(outputs).values()],
+    }
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_recipe_starts_with_equal_logits_live_maps_and_kept_scale(name):
+    config = recipe(name)
+    images, num_classes = recipe_inputs(name, config)
+    probe = init_probe(config, images, num_classes)
+    if config.model.head == "gap":  # Every class map is 1 everywhere: equal logits.
+        assert probe["logit_spread"] == 0.0
+        assert probe["uniform_loss_over_ln_c"] == pytest.approx(1.0, abs=1e-6)
+    assert not probe["dead"].any()
+    first, second = probe["relative_rms"][:2]
+    assert 0.5 < first < 3 and 0.5 < second < 3, probe["relative_rms"]
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn"])
+def test_the_authors_initialisation_shrinks_activations_with_depth(name):
+    config = recipe(name, **AUTHORS)
+    images, num_classes = recipe_inputs(name, config)
+    probe = init_probe(config, images, num_classes)
+    assert probe["relative_rms"][1] < 0.1, probe["relative_rms"]
+    assert probe["logit_spread"] < 0.1
+
+
+def test_the_authors_settings_are_one_override_away():
+    for name in PAPER_RECIPES:
+        config = recipe(name, **AUTHORS)
+        model = models.from_config(config, 10)
+        assert (model.init_std, model.class_init_std, model.class_bias) == (0.05, None, 0.0)
+        assert config.lr_multipliers
+
+
+def test_diagnosis_zca_matches_nin_jax_statistics():
+    """The script's SVD-based ZCA against the package's eigendecomposition, with fewer
+    images than dimensions (the covariance's null space is whitened too)."""
+    images = standins.load("32x32x3", "test")[0][:40, ::4, ::4]  # 40 images of 8x8x3
+    mean, whitening = statistics.zca_from_moments(*statistics.zca_moments(images))
+    stats = diagnosis().zca_stats(images)
+    np.testing.assert_allclose(stats["mean"], mean, atol=1e-4)
+    np.testing.assert_allclose(stats["whitening"], whitening, rtol=1e-3, atol=1e-3)
