@@ -59,18 +59,26 @@ def zca_moments(images: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
 def zca_from_moments(
     count: float, total: np.ndarray, total_outer: np.ndarray, bias: float = ZCA_FILTER_BIAS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, W) with ``W = V diag(1/sqrt(lambda + bias)) V^T`` of the (biased) covariance."""
+    """(mean, W) with ``W = s V diag(1/sqrt(lambda + bias)) V^T`` of the covariance.
+
+    ``s`` (ours) rescales the whitened training images to RMS 1: without it their
+    RMS is ``sqrt(mean(lambda / (lambda + bias)))``, which depends on how many
+    directions the data spans (about 0.45 for natural 32x32 images, 0.12 for the
+    digit stand-ins), and a step's effect on the network with it (docs/RECIPES.md).
+    """
     mean = total / count
     covariance = total_outer / count - np.outer(mean, mean)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance + bias * np.eye(len(mean)))
-    whitening = (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+    mean_square = np.mean(np.maximum(eigenvalues - bias, 0.0) / eigenvalues)
+    scale = 1.0 / np.sqrt(mean_square) if mean_square > 1e-12 else 1.0
+    whitening = (eigenvectors * (scale / np.sqrt(eigenvalues))) @ eigenvectors.T
     return mean.astype(np.float32), whitening.astype(np.float32)
 
 
 def stats_path(data_dir_root: str, dataset: str, split: str) -> str:
     """Where the ZCA statistics of ``dataset``'s training ``split`` are kept."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{split}")
-    return os.path.join(data_dir_root, "nin_jax_stats", f"{safe}-zca.npz")
+    return os.path.join(data_dir_root, "nin_jax_stats", f"{safe}-zca-unit.npz")
 
 
 def _cached_on_process_0(path: str) -> bool:

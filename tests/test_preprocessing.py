@@ -26,7 +26,9 @@ def numpy_zca_fit(images: np.ndarray, bias: float = 0.1) -> tuple[np.ndarray, np
     mean = x.mean(0)
     covariance = (x - mean).T @ (x - mean) / len(x)
     values, vectors = np.linalg.eigh(covariance + bias * np.eye(x.shape[1]))
-    return mean, vectors @ np.diag(values**-0.5) @ vectors.T
+    whitening = vectors @ np.diag(values**-0.5) @ vectors.T
+    rms = np.sqrt(np.mean(((x - mean) @ whitening) ** 2))  # Rescaled to RMS 1 on the data.
+    return mean, whitening / rms
 
 
 def numpy_lcn(images: np.ndarray, size: int = 7, sigma: float = 2.0) -> np.ndarray:
@@ -79,16 +81,21 @@ def test_zca_matches_numpy_and_uses_training_data_only():
     # Statistics fitted on train + test would give different outputs: test data was not used.
     mean_all, whitening_all = numpy_zca_fit(np.concatenate([train, test]))
     assert np.abs(got - (numpy_gcn(test) - mean_all) @ whitening_all).max() > 1e-2
-    # Whitened training data has covariance V diag(l / (l + bias)) V^T: eigenvalues in (0, 1).
+    # Whitened training data has RMS 1 and covariance s^2 V diag(l / (l + 0.1)) V^T, with
+    # s^2 = 1 / mean(l / (l + 0.1)) over the eigenvalues l of the GCN'd data's covariance.
     white = preprocess("gcn_zca", stats, train).reshape(300, -1)
+    np.testing.assert_allclose(np.sqrt(np.mean(white**2)), 1.0, rtol=1e-4)
+    data_eigenvalues = np.linalg.eigvalsh(np.cov(numpy_gcn(train), rowvar=False, bias=True))
+    scale_squared = 1.0 / np.mean(data_eigenvalues / (data_eigenvalues + 0.1))
+    expected = np.sort(scale_squared * data_eigenvalues / (data_eigenvalues + 0.1))
     eigenvalues = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
-    assert eigenvalues.max() < 1.0 and eigenvalues.max() > 0.9
+    np.testing.assert_allclose(eigenvalues, expected, rtol=1e-3, atol=1e-4)
 
 
 def test_zca_statistics_are_saved_and_reused(tmp_path):
     train = Split(random_images(100, size=4), np.zeros(100, np.int32))
     path = statistics.stats_path(str(tmp_path), "cifar10", "train[:40000]")
-    assert path == str(tmp_path / "nin_jax_stats" / "cifar10-train_40000_-zca.npz")
+    assert path == str(tmp_path / "nin_jax_stats" / "cifar10-train_40000_-zca-unit.npz")
     first = statistics.fit("gcn_zca", train, path)
     saved = np.load(path)
     mean, whitening = numpy_zca_fit(train.images)
