@@ -92,8 +92,9 @@ def gcn(images: np.ndarray) -> np.ndarray:
 
 def zca_stats(train: np.ndarray) -> dict[str, np.ndarray]:
     """ZCA of the GCN'd training images, ``W = s V diag(1/sqrt(lambda + bias)) V^T`` (unit
-    RMS on the training images) as nin_jax.statistics fits it, from an SVD of the data rather than an eigensolve of the
-    D x D covariance (seconds instead of a minute on 2 cores for D = 3072)."""
+    RMS on the training images) as nin_jax.statistics fits it, from an SVD of the data
+    rather than an eigensolve of the D x D covariance (seconds instead of a minute on 2
+    cores for D = 3072)."""
     x = gcn(train)
     mean = x.mean(0)
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
