@@ -57,28 +57,34 @@ def zca_moments(images: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
 
 
 def zca_from_moments(
-    count: float, total: np.ndarray, total_outer: np.ndarray, bias: float = ZCA_FILTER_BIAS
+    count: float,
+    total: np.ndarray,
+    total_outer: np.ndarray,
+    bias: float = ZCA_FILTER_BIAS,
+    unit_rms: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean, W) with ``W = s V diag(1/sqrt(lambda + bias)) V^T`` of the covariance.
 
-    ``s`` (ours) rescales the whitened training images to RMS 1: without it their
-    RMS is ``sqrt(mean(lambda / (lambda + bias)))``, which depends on how many
-    directions the data spans (about 0.45 for natural 32x32 images, 0.12 for the
-    digit stand-ins), and a step's effect on the network with it (docs/RECIPES.md).
+    ``s`` (ours; 1 without ``unit_rms``, the maxout paper's scale) rescales the whitened
+    training images to RMS 1: without it their RMS is ``sqrt(mean(lambda / (lambda +
+    bias)))``, which depends on how many directions the data spans (about 0.45 for
+    natural 32x32 images, 0.12 for the digit stand-ins), and a step's effect on the
+    network with it (docs/RECIPES.md).
     """
     mean = total / count
     covariance = total_outer / count - np.outer(mean, mean)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance + bias * np.eye(len(mean)))
     mean_square = np.mean(np.maximum(eigenvalues - bias, 0.0) / eigenvalues)
-    scale = 1.0 / np.sqrt(mean_square) if mean_square > 1e-12 else 1.0
+    scale = 1.0 / np.sqrt(mean_square) if unit_rms and mean_square > 1e-12 else 1.0
     whitening = (eigenvectors * (scale / np.sqrt(eigenvalues))) @ eigenvectors.T
     return mean.astype(np.float32), whitening.astype(np.float32)
 
 
-def stats_path(data_dir_root: str, dataset: str, split: str) -> str:
+def stats_path(data_dir_root: str, dataset: str, split: str, unit_rms: bool = True) -> str:
     """Where the ZCA statistics of ``dataset``'s training ``split`` are kept."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{split}")
-    return os.path.join(data_dir_root, "nin_jax_stats", f"{safe}-zca-unit.npz")
+    name = f"{safe}-zca-unit.npz" if unit_rms else f"{safe}-zca.npz"
+    return os.path.join(data_dir_root, "nin_jax_stats", name)
 
 
 def _cached_on_process_0(path: str) -> bool:
@@ -108,7 +114,9 @@ def _write_zca(path: str, mean: np.ndarray, whitening: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def load_or_fit_zca(path: str, train: Split) -> tuple[np.ndarray, np.ndarray]:
+def load_or_fit_zca(
+    path: str, train: Split, unit_rms: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """ZCA (mean, W) from ``path``, or fitted on the training split and saved there.
 
     The file is a cache: a damaged one (cut short, or another file) is fitted again,
@@ -119,25 +127,27 @@ def load_or_fit_zca(path: str, train: Split) -> tuple[np.ndarray, np.ndarray]:
             return _read_zca(path, train.images.shape[1:])
         except FileDamagedError as e:
             logging.warning("%s", e)
-    mean, whitening = zca_from_moments(*zca_moments(train.images))
+    mean, whitening = zca_from_moments(*zca_moments(train.images), unit_rms=unit_rms)
     if jax.process_index() == 0:
         _write_zca(path, mean, whitening)
     return mean, whitening
 
 
-def fit(name: str, train: Split, stats_file: str | None = None) -> dict[str, np.ndarray]:
+def fit(
+    name: str, train: Split, stats_file: str | None = None, unit_rms: bool = True
+) -> dict[str, np.ndarray]:
     """The statistics preprocessing ``name`` needs, fitted on the training split ``train``.
 
     ``stats_file`` is where ZCA statistics are cached (``stats_path``); ``None``
-    fits them without caching.
+    fits them without caching; ``unit_rms`` as ``zca_from_moments``.
     """
     if name == "standardize":
         mean, std = channel_stats(train.images)
         return {"mean": mean, "std": std}
     if name == "gcn_zca":
         if stats_file is None:
-            mean, whitening = zca_from_moments(*zca_moments(train.images))
+            mean, whitening = zca_from_moments(*zca_moments(train.images), unit_rms=unit_rms)
         else:
-            mean, whitening = load_or_fit_zca(stats_file, train)
+            mean, whitening = load_or_fit_zca(stats_file, train, unit_rms)
         return {"mean": mean, "whitening": whitening}
     return {}  # 'lcn' needs no statistics.

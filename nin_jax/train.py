@@ -89,10 +89,9 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     builder = input_pipeline.get_builder(config.dataset, config.data_dir, config.try_gcs)
     train_split, eval_split = splits.load_train_and_eval(config, builder)
     split_name = config.train_split + ("-validation" if config.validation else "")
-    stats_file = statistics.stats_path(
-        config.data_dir or builder.data_dir_root, config.dataset, split_name
-    )
-    params = statistics.fit(config.preprocess, train_split, stats_file)
+    root, unit_rms = config.data_dir or builder.data_dir_root, config.zca_unit_rms
+    stats_file = statistics.stats_path(root, config.dataset, split_name, unit_rms)
+    params = statistics.fit(config.preprocess, train_split, stats_file, unit_rms)
     info = workdir_lib.DatasetInfo(
         dataset=config.dataset,
         class_names=tuple(builder.info.features["label"].names),

@@ -21,14 +21,16 @@ def numpy_gcn(images: np.ndarray, scale: float = 55.0) -> np.ndarray:
     return scale * x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def numpy_zca_fit(images: np.ndarray, bias: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def numpy_zca_fit(
+    images: np.ndarray, bias: float = 0.1, unit_rms: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     x = numpy_gcn(images)
     mean = x.mean(0)
     covariance = (x - mean).T @ (x - mean) / len(x)
     values, vectors = np.linalg.eigh(covariance + bias * np.eye(x.shape[1]))
     whitening = vectors @ np.diag(values**-0.5) @ vectors.T
     rms = np.sqrt(np.mean(((x - mean) @ whitening) ** 2))  # Rescaled to RMS 1 on the data.
-    return mean, whitening / rms
+    return mean, whitening / rms if unit_rms else whitening
 
 
 def numpy_lcn(images: np.ndarray, size: int = 7, sigma: float = 2.0) -> np.ndarray:
@@ -90,6 +92,17 @@ def test_zca_matches_numpy_and_uses_training_data_only():
     expected = np.sort(scale_squared * data_eigenvalues / (data_eigenvalues + 0.1))
     eigenvalues = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
     np.testing.assert_allclose(eigenvalues, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_zca_at_the_papers_scale_is_one_flag_away(tmp_path):
+    train, test = random_images(300, size=4), random_images(50, size=4)
+    stats = statistics.fit("gcn_zca", Split(train, np.zeros(300, np.int32)), unit_rms=False)
+    got = preprocess("gcn_zca", stats, test).reshape(50, -1)
+    mean, whitening = numpy_zca_fit(train, unit_rms=False)
+    np.testing.assert_allclose(got, (numpy_gcn(test) - mean) @ whitening, rtol=1e-5, atol=1e-5)
+    paper = statistics.stats_path(str(tmp_path), "cifar10", "train", unit_rms=False)
+    assert paper.endswith("cifar10-train-zca.npz")
+    assert paper != statistics.stats_path(str(tmp_path), "cifar10", "train")
 
 
 def test_zca_statistics_are_saved_and_reused(tmp_path):

@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'standardize' (per-channel mean/std), 'gcn_zca' (the paper's CIFAR
     # preprocessing) or 'lcn' (the paper's SVHN one); see nin_jax/preprocessing.py.
     config.preprocess = "standardize"
+    # For 'gcn_zca': True (ours) rescales the whitened training images to RMS 1;
+    # False keeps the maxout/NIN papers' scale (docs/RECIPES.md, "Diagnosis", 5).
+    config.zca_unit_rms = True
     # 'none' or 'crop_flip' (pad 4, random crop back to size, horizontal flip).
     config.augment = "none"
     # True: put the uint8 training split on every device once and gather each
