@@ -90,7 +90,7 @@ def gcn(images: np.ndarray) -> np.ndarray:
     return preprocessing.GCN_SCALE * x / np.where(norm < 1e-8, 1.0, norm)
 
 
-def zca_stats(train: np.ndarray) -> dict[str, np.ndarray]:
+def zca_stats(train: np.ndarray, unit_rms: bool = True) -> dict[str, np.ndarray]:
     """ZCA of the GCN'd training images, ``W = s V diag(1/sqrt(lambda + bias)) V^T`` (unit
     RMS on the training images) as nin_jax.statistics fits it, from an SVD of the data
     rather than an eigensolve of the D x D covariance (seconds instead of a minute on 2
@@ -100,19 +100,21 @@ def zca_stats(train: np.ndarray) -> dict[str, np.ndarray]:
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
     bias = preprocessing.ZCA_FILTER_BIAS
     eigenvalues = singular**2 / len(x)
-    scale = 1.0 / np.sqrt(np.sum(eigenvalues / (eigenvalues + bias)) / x.shape[1])
+    mean_square = np.sum(eigenvalues / (eigenvalues + bias)) / x.shape[1]
+    scale = 1.0 / np.sqrt(mean_square) if unit_rms else 1.0
     gain = 1.0 / np.sqrt(eigenvalues + bias) - 1.0 / np.sqrt(bias)
     whitening = scale * ((vt.T * gain) @ vt + np.eye(x.shape[1]) / np.sqrt(bias))
     return {"mean": mean.astype(np.float32), "whitening": whitening.astype(np.float32)}
 
 
-def fit_stats(name: str, train: np.ndarray) -> dict[str, np.ndarray]:
-    """The statistics of preprocessing ``name``, fitted on the uint8 training images."""
+def fit_stats(name: str, train: np.ndarray, unit_rms: bool = True) -> dict[str, np.ndarray]:
+    """The statistics of preprocessing ``name``, fitted on the uint8 training images
+    (``unit_rms``: ``config.zca_unit_rms``)."""
     if name == "standardize":
         pixels = train.reshape(-1, train.shape[-1]).astype(np.float64)
         return {"mean": pixels.mean(0).astype(np.float32), "std": pixels.std(0).astype(np.float32)}
     if name == "gcn_zca":
-        return zca_stats(train)
+        return zca_stats(train, unit_rms)
     return {}  # lcn
 
 
@@ -161,7 +163,7 @@ def standin_data(config, input_rms: float | None = None):
     name = STANDIN_OF[config.dataset]
     train_images, train_labels = standins.load(name, "train")
     test_images, test_labels = standins.load(name, "test")
-    stats = fit_stats(config.preprocess, train_images)
+    stats = fit_stats(config.preprocess, train_images, config.zca_unit_rms)
     if input_rms is not None:
         rms = float(np.sqrt(np.mean(preprocess(config.preprocess, stats, train_images) ** 2)))
         stats = rescaled(config.preprocess, stats, input_rms / rms)
