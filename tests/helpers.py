@@ -34,12 +34,16 @@ def load_config(name: str, **overrides):
     config.log_every_steps = 1
     config.warmup_epochs = 0.0
     for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split("__")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+        set_field(config, key.split("__"), value)
     return config
+
+
+def set_field(config, path: list[str], value) -> None:
+    """``config.a.b = value`` for ``path == ['a', 'b']``."""
+    *parents, leaf = path
+    for parent in parents:
+        config = config[parent]
+    config[leaf] = value
 
 
 def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):

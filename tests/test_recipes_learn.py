@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, set_field
 
 from nin_jax import health, models, optimizer, preprocessing, statistics, steps
 from nin_jax.datasets import standins
@@ -70,11 +70,7 @@ def recipe(name: str, **overrides):
     config = importlib.import_module(f"nin_jax.configs.{name}").get_config()
     config.model.conv_impl = "xla"
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = config
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+        set_field(config, key.split("."), value)
     return config
 
 
