@@ -24,6 +24,13 @@ augmentation run on the device as in training (``steps.Inputs``), with the
 statistics fitted here in numpy (``fit_stats``; the ZCA is checked against
 nin_jax.statistics in tests/test_recipes_learn.py).
 
+``--linear_probe RATE ...`` trains only a softmax regression on the class
+layer's inputs of the run's network at initialisation (its last hidden layer
+after ReLU, averaged over positions, on every stand-in training image), started
+as the recipes' class layer, at each rate, on the features as they are and with
+their mean removed; it prints their common mean, between- and within-class
+variance and the steps to leave ln C (numpy, seconds).
+
 ``--photo_scale`` prints the RMS that GCN + ZCA gives 32x32 patches of real
 photographs (scikit-learn's two sample images), the scale real CIFAR inputs
 should have, against the 0.12 of the whitened stand-in digits.
@@ -342,6 +349,105 @@ def train_run(
     }
 
 
+# --- the class layer alone on the initial network's features ------------------------------
+
+
+def class_layer_inputs(spec: str, seed: int, data_cache: dict):
+    """The class layer's inputs (the last block's cccp1 after ReLU, averaged over positions)
+    of the run's network at initialisation, on every stand-in training image; the labels;
+    the class count."""
+    config = parse_run(spec)
+    key = (config.dataset, config.preprocess, None)
+    if key not in data_cache:
+        data_cache[key] = standin_data(config)
+    train_x, train_y, _, _, stats = data_cache[key]
+    num_classes = standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
+    model = models.from_config(config, num_classes)
+    inputs = preprocess(config.preprocess, stats, train_x)
+    params = jax.jit(model.init)(jax.random.key(seed), inputs[:1])["params"]
+    last_block = f"mlpconv{len(config.model.widths)}"
+
+    @jax.jit
+    def features(images):
+        _, state = model.apply(
+            {"params": params}, images, capture_intermediates=True, mutable=["intermediates"]
+        )
+        hidden = state["intermediates"][last_block]["cccp1"]["__call__"][0]
+        return jax.nn.relu(hidden).mean(axis=(1, 2))
+
+    chunks = range(0, len(inputs), EVAL_BATCH)
+    feats = np.concatenate([np.asarray(features(inputs[i : i + EVAL_BATCH])) for i in chunks])
+    return feats.astype(np.float64), train_y, num_classes
+
+
+def softmax_regression(
+    feats, labels, num_classes, rate, steps, batch_size, warmup, seed=0, momentum=0.9
+) -> np.ndarray:
+    """Losses of SGD with momentum on a softmax regression started as the recipes' class
+    layer (kernel 0, bias 1, biases at 2x the rate), batches drawn with replacement."""
+    kernel = np.zeros((feats.shape[1], num_classes))
+    bias = np.ones(num_classes)
+    kernel_velocity, bias_velocity = np.zeros_like(kernel), np.zeros_like(bias)
+    rng = np.random.RandomState(seed)
+    rows = np.arange(batch_size)
+    losses = []
+    for step in range(steps):
+        idx = rng.randint(0, len(feats), batch_size)
+        logits = feats[idx] @ kernel + bias
+        logits -= logits.max(1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(1, keepdims=True)
+        losses.append(-np.log(probs[rows, labels[idx]]).mean())
+        probs[rows, labels[idx]] -= 1
+        probs /= batch_size
+        kernel_velocity = momentum * kernel_velocity + feats[idx].T @ probs
+        bias_velocity = momentum * bias_velocity + probs.sum(0)
+        scale = rate * min(1.0, step / warmup) if warmup else rate
+        kernel -= scale * kernel_velocity
+        bias -= 2 * scale * bias_velocity
+        if not np.isfinite(losses[-1]):
+            break
+    return np.array(losses)
+
+
+def linear_probe(spec: str, rates, steps: int, seed: int, data_cache: dict) -> dict:
+    """How fast the class layer alone learns on the initial network's features, as they are
+    and with their mean over the training images removed (docs/RECIPES.md, section 6)."""
+    config = parse_run(spec)
+    feats, labels, num_classes = class_layer_inputs(spec, seed, data_cache)
+    class_means = np.stack([feats[labels == c].mean(0) for c in range(num_classes)])
+    chance = math.log(num_classes)
+    warmup = int(config.warmup_epochs * (len(feats) // config.batch_size))
+    report = {
+        "linear_probe": spec,
+        "num_classes": num_classes,
+        "feature_mean": round(float(feats.mean()), 4),
+        "feature_rms": round(float(np.sqrt(np.mean(feats**2))), 4),
+        "common_mean_sq": round(float(np.sum(feats.mean(0) ** 2)), 2),
+        "between_class_var": round(float(np.sum(class_means.var(0))), 3),
+        "within_class_var": round(float(np.mean(np.sum((feats - class_means[labels]) ** 2, 1))), 3),
+        "runs": [],
+    }
+    for centred in (False, True):
+        x = feats - feats.mean(0) if centred else feats
+        for rate in rates:
+            losses = softmax_regression(
+                x, labels, num_classes, rate, steps, config.batch_size, warmup
+            )
+            smooth = np.convolve(losses, np.ones(10) / 10, "valid") / chance  # as log points
+            leave = first_step(smooth, 1 - health.STALL_TOLERANCE)
+            report["runs"].append(
+                {
+                    "centred": centred,
+                    "rate": rate,
+                    "steps_to_leave_1pct_band": None if leave is None else leave + 9,
+                    "min_loss_over_ln_c": round(float(np.nanmin(smooth)), 4),
+                    "final_loss_over_ln_c": round(float(smooth[-1]), 4),
+                }
+            )
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", default=[], help="recipe[:field=literal;...]")
@@ -358,6 +464,14 @@ def main(argv: list[str] | None = None) -> None:
         "--input_rms",
         type=float,
         help="rescale the preprocessed images to this RMS (real data's scale can differ)",
+    )
+    parser.add_argument(
+        "--linear_probe",
+        type=float,
+        nargs="+",
+        metavar="RATE",
+        help="instead of training: the class layer alone on the initial network's features, "
+        "at these rates, for --steps steps",
     )
     parser.add_argument("--output", help="also append the JSON lines to this file")
     parser.add_argument(
@@ -381,6 +495,9 @@ def main(argv: list[str] | None = None) -> None:
     data_cache: dict = {}
     for spec in args.run:
         for seed in args.seeds:
+            if args.linear_probe:
+                emit(linear_probe(spec, args.linear_probe, args.steps, seed, data_cache))
+                continue
             emit(
                 train_run(
                     spec,

@@ -19,6 +19,7 @@ Convolutions have two implementations with one parameter tree
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,11 +45,36 @@ VARIANTS = {
     "mnist": (((96, 64, 48), (128, 96, 48), (128, 96)), (5, 5, 5)),
 }
 HEADS = ("gap", "fc", "fc_dropout")
+
+
+def zero_mean_over_fan_in(init: nn.initializers.Initializer) -> nn.initializers.Initializer:
+    """``init`` with each output unit's kernel shifted to mean 0 over its fan-in (and scaled
+    by ``sqrt(n / (n - 1))`` to keep its variance).
+
+    Why: the inputs of every layer but the first are ReLU outputs, all positive, so a
+    random kernel turns their common mean into a fixed offset per output channel, and
+    in the class layer into a fixed offset per class. With 100 classes those offsets,
+    and the class layer's updates along the same common direction, swamp the small
+    differences between classes (docs/RECIPES.md, "The class layer's input with 100
+    classes"). A zero-mean kernel sees only the inputs' variation.
+    """
+
+    def initialise(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        kernel = init(key, shape, dtype)
+        fan_in_axes = tuple(range(len(shape) - 1))
+        fan_in = math.prod(shape[:-1])
+        centred = kernel - jnp.mean(kernel, axis=fan_in_axes, keepdims=True)
+        return (centred * jnp.sqrt(fan_in / (fan_in - 1))).astype(dtype)
+
+    return initialise
+
+
 # Fan-in-scaled kernel initialisers (``NIN.kernel_init``): LeCun's keeps the variance of a
 # linear layer's output, He's (2x the variance) that of a layer followed by ReLU.
 KERNEL_INITS = {
     "lecun_normal": nn.initializers.lecun_normal,
     "he_normal": nn.initializers.he_normal,
+    "he_normal_zero_mean": lambda: zero_mean_over_fan_in(nn.initializers.he_normal()),
 }
 
 
@@ -155,7 +181,8 @@ class NIN(nn.Module):
         layer, ``h*w*C*C + C`` more parameters) or 'fc_dropout' (the same with
         dropout ``dropout_rate`` before the dense layer).
       kernel_init: the fan-in-scaled kernel initialiser, a key of ``KERNEL_INITS``
-        ('lecun_normal', Flax's default, or 'he_normal'); ignored when ``init_std``
+        ('lecun_normal', Flax's default, 'he_normal', or 'he_normal_zero_mean':
+        He-normal kernels of mean 0 over their fan-in); ignored when ``init_std``
         is set.
       init_std: ``None`` for ``kernel_init``, or the std of a fixed Gaussian
         initialisation of every kernel (0.05 in the authors' cuda-convnet code).

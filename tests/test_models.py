@@ -138,3 +138,13 @@ def test_authors_gaussian_init():
     kernel = np.asarray(variables["params"]["mlpconv2"]["cccp1"]["kernel"])
     assert abs(kernel.std() - 0.05) < 0.002
     assert not np.any(np.asarray(variables["params"]["mlpconv2"]["cccp1"]["bias"]))
+
+
+def test_zero_mean_he_init_has_mean_zero_over_each_fan_in_and_he_scale():
+    variables, _ = init(NIN(kernel_init="he_normal_zero_mean"), (1, 32, 32, 3))
+    params = variables["params"]
+    for layer, fan_in in (("conv", 5 * 5 * 96), ("cccp1", 192), ("cccp2", 192)):
+        kernel = np.asarray(params["mlpconv3" if layer != "conv" else "mlpconv2"][layer]["kernel"])
+        means = kernel.reshape(-1, kernel.shape[-1]).mean(0)
+        np.testing.assert_allclose(means, 0.0, atol=1e-6)
+        assert abs(kernel.std() / np.sqrt(2 / fan_in) - 1) < 0.05, layer

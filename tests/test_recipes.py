@@ -113,13 +113,18 @@ def test_recipes_follow_the_paper():
         assert config.model.head == head, name
         # Ours (docs/RECIPES.md, Diagnosis): He-normal kernels and a zero class kernel with
         # bias 1 (0.1 under a dense head) instead of the authors' N(0, 0.05), whose
-        # activations vanish with depth.
+        # activations vanish with depth; for 100 classes, zero-mean He-normal kernels, the
+        # class layer's included, and a higher base rate.
         model = (config.model.kernel_init, config.model.init_std, config.model.class_init_std)
-        assert model == ("he_normal", None, 0.0), name
+        hundred = name == "cifar100"
+        assert model == (
+            ("he_normal_zero_mean", None, None) if hundred else ("he_normal", None, 0.0)
+        ), name
         assert config.model.class_bias == (1.0 if head == "gap" else 0.1), name
         # The authors' momentum and per-layer rates; one base rate (ours, measured).
         assert config.lr_multipliers and config.momentum == 0.9, name
-        assert config.lr_schedule == "step" and config.learning_rate == 0.01, name
+        assert config.lr_schedule == "step", name
+        assert config.learning_rate == (0.03 if hundred else 0.01), name
         assert config.warmup_epochs > 0, name  # NIN's class maps die without warmup.
 
 

@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'gap' (global average pooling, the paper's NIN), 'fc' or 'fc_dropout' (a
     # dense layer on the flattened class maps, the paper's ablation).
     config.model.head = "gap"
-    # Fan-in-scaled kernel initialisation: 'lecun_normal' (Flax's default) or
-    # 'he_normal' (keeps activations' scale through ReLU layers: the paper recipes).
+    # Fan-in-scaled kernel initialisation: 'lecun_normal' (Flax's default),
+    # 'he_normal' (keeps activations' scale through ReLU layers: the paper recipes) or
+    # 'he_normal_zero_mean' (the same, each kernel of mean 0 over its fan-in: CIFAR-100).
     config.model.kernel_init = "lecun_normal"
     # None: kernel_init; a float: N(0, init_std) for every kernel, as in the authors' code.
     config.model.init_std = ml_collections.config_dict.placeholder(float)
