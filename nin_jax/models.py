@@ -55,8 +55,8 @@ def zero_mean_over_fan_in(init: nn.initializers.Initializer) -> nn.initializers.
     random kernel turns their common mean into a fixed offset per output channel, and
     in the class layer into a fixed offset per class. With 100 classes those offsets,
     and the class layer's updates along the same common direction, swamp the small
-    differences between classes (docs/RECIPES.md, "The class layer's input with 100
-    classes"). A zero-mean kernel sees only the inputs' variation.
+    differences between classes (docs/RECIPES.md, "6. A hundred classes"). A zero-mean
+    kernel sees only the inputs' variation.
     """
 
     def initialise(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
