@@ -177,6 +177,15 @@ def standin_data(config, input_rms: float | None = None):
     return train_images, train_labels, test_images, test_labels, stats
 
 
+def cached_standin(config, input_rms: float | None, data_cache: dict):
+    """``standin_data`` of the config's stand-in (computed once per dataset, preprocessing
+    and input RMS in ``data_cache``) and its class count."""
+    key = (config.dataset, config.preprocess, input_rms)
+    if key not in data_cache:
+        data_cache[key] = standin_data(config, input_rms)
+    return data_cache[key], standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
+
+
 def preprocess(name: str, stats: dict, images: np.ndarray) -> np.ndarray:
     """float32 model inputs of uint8 ``images``, in chunks of ``EVAL_BATCH``."""
     apply = jax.jit(preprocessing.apply, static_argnums=0)
@@ -269,11 +278,9 @@ def train_run(
 ) -> dict:
     """Trains run ``spec`` for ``num_steps`` on its stand-in; the JSON-able report."""
     config = parse_run(spec)
-    key = (config.dataset, config.preprocess, input_rms)
-    if key not in data_cache:
-        data_cache[key] = standin_data(config, input_rms)
-    train_x, train_y, test_x, test_y, stats = data_cache[key]
-    num_classes = standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
+    (train_x, train_y, test_x, test_y, stats), num_classes = cached_standin(
+        config, input_rms, data_cache
+    )
     standin_per_epoch = len(train_x) // config.batch_size
     per_epoch, total = schedule_length(config, schedule, standin_per_epoch, num_steps)
     lr_fn = optimizer.create_learning_rate_fn(config, per_epoch, total)
@@ -352,16 +359,11 @@ def train_run(
 # --- the class layer alone on the initial network's features ------------------------------
 
 
-def class_layer_inputs(spec: str, seed: int, data_cache: dict):
+def class_layer_inputs(config, seed: int, data_cache: dict):
     """The class layer's inputs (the last block's cccp1 after ReLU, averaged over positions)
-    of the run's network at initialisation, on every stand-in training image; the labels;
-    the class count."""
-    config = parse_run(spec)
-    key = (config.dataset, config.preprocess, None)
-    if key not in data_cache:
-        data_cache[key] = standin_data(config)
-    train_x, train_y, _, _, stats = data_cache[key]
-    num_classes = standins.STANDINS[STANDIN_OF[config.dataset]].num_classes
+    of the config's network at initialisation, on every stand-in training image; the
+    labels; the class count."""
+    (train_x, train_y, _, _, stats), num_classes = cached_standin(config, None, data_cache)
     model = models.from_config(config, num_classes)
     inputs = preprocess(config.preprocess, stats, train_x)
     params = jax.jit(model.init)(jax.random.key(seed), inputs[:1])["params"]
@@ -414,7 +416,7 @@ def linear_probe(spec: str, rates, steps: int, seed: int, data_cache: dict) -> d
     """How fast the class layer alone learns on the initial network's features, as they are
     and with their mean over the training images removed (docs/RECIPES.md, section 6)."""
     config = parse_run(spec)
-    feats, labels, num_classes = class_layer_inputs(spec, seed, data_cache)
+    feats, labels, num_classes = class_layer_inputs(config, seed, data_cache)
     class_means = np.stack([feats[labels == c].mean(0) for c in range(num_classes)])
     chance = math.log(num_classes)
     warmup = int(config.warmup_epochs * (len(feats) // config.batch_size))

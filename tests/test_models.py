@@ -143,8 +143,13 @@ def test_authors_gaussian_init():
 def test_zero_mean_he_init_has_mean_zero_over_each_fan_in_and_he_scale():
     variables, _ = init(NIN(kernel_init="he_normal_zero_mean"), (1, 32, 32, 3))
     params = variables["params"]
-    for layer, fan_in in (("conv", 5 * 5 * 96), ("cccp1", 192), ("cccp2", 192)):
-        kernel = np.asarray(params["mlpconv3" if layer != "conv" else "mlpconv2"][layer]["kernel"])
+    layers = (
+        ("mlpconv2", "conv", 5 * 5 * 96),
+        ("mlpconv3", "cccp1", 192),
+        ("mlpconv3", "cccp2", 192),
+    )
+    for block, layer, fan_in in layers:
+        kernel = np.asarray(params[block][layer]["kernel"])
         means = kernel.reshape(-1, kernel.shape[-1]).mean(0)
         np.testing.assert_allclose(means, 0.0, atol=1e-6)
         assert abs(kernel.std() / np.sqrt(2 / fan_in) - 1) < 0.05, layer
