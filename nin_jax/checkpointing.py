@@ -23,12 +23,28 @@ def directory(workdir: str) -> str:
     return os.path.join(root, workdir_lib.CHECKPOINT_DIR)
 
 
+class TrainingManager(ocp.CheckpointManager):
+    """Orbax's manager, except that it leaves the preemption sync point to the training loop.
+
+    JAX's preemption sync protocol picks the stop step from the step each process
+    last passed to ``reached_preemption_sync_point``. Orbax also calls it, from its
+    save-finalising thread with the step being saved, which can be steps behind the
+    loop: a notice arriving then makes the protocol pick a step that process has
+    already passed, so the others stop and it trains on alone, waiting forever in
+    the next collective. Only ``shutdown.StopSignals.requested`` calls it here, once
+    per step, and the loop saves the stop step with ``force=True``.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The training run's manager; temporary directories of a save cut short are removed."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.max_checkpoints, create=True, cleanup_tmp_directories=True
     )
-    return ocp.CheckpointManager(directory(workdir), options=options)
+    return TrainingManager(directory(workdir), options=options)
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: Any) -> Any:

@@ -114,7 +114,7 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
     if not cache:  # conftest set up the shared compilation cache in os.environ.
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = open(log_path, "w")
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "train_worker.py"), *args],
         cwd=REPO_ROOT,
         env=env,
@@ -122,6 +122,8 @@ def start(args: list[str], devices: int, log_path, cache: bool = True) -> subpro
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    process.log_path = Path(log_path)
+    return process
 
 
 def start_processes(args: list[str], count: int, log_dir) -> list[subprocess.Popen]:
@@ -153,13 +155,29 @@ def kill(process: subprocess.Popen) -> None:
 
 
 def wait_all(processes: list[subprocess.Popen], timeout: float) -> list[int]:
-    """Exit codes of ``processes``; any still running at ``timeout`` are killed."""
+    """Exit codes of ``processes``; if any is still running at ``timeout``, every one's
+    Python stacks (train_worker's SIGUSR1) and log tail make the failure message."""
     deadline = time.monotonic() + timeout
     try:
         return [p.wait(timeout=max(0.0, deadline - time.monotonic())) for p in processes]
+    except subprocess.TimeoutExpired:
+        report = hung_report(processes)
+        raise AssertionError(f"still running after {timeout} s:\n{report}") from None
     finally:
         for p in processes:
             kill(p)
+
+
+def hung_report(processes: list[subprocess.Popen]) -> str:
+    running = [p for p in processes if p.poll() is None]
+    for p in running:
+        os.kill(p.pid, signal.SIGUSR1)
+    time.sleep(2)  # faulthandler writes the stacks to the log.
+    return "\n".join(
+        f"--- process {i} (exit code {p.poll()}), {p.log_path.name}:\n"
+        + p.log_path.read_text(errors="replace")[-4000:]
+        for i, p in enumerate(processes)
+    )
 
 
 def run(args: list[str], devices: int, log_path, timeout: float = 600) -> int:

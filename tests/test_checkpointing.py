@@ -1,9 +1,13 @@
-"""Restoring checkpoints: newest readable first, never deleting when none fits."""
+"""Restoring checkpoints: newest readable first, never deleting when none fits; saving leaves
+the preemption sync point to the training loop."""
+
+import threading
 
 import optax
 import orbax.checkpoint as ocp
 import pytest
 from helpers import init_state, load_config
+from jax.experimental import multihost_utils
 
 from nin_jax import checkpointing, errors, models
 
@@ -26,3 +30,29 @@ def test_checkpoint_of_another_config_is_an_error_and_kept(tmp_path):
     with pytest.raises(errors.TrainingError, match="no checkpoint in .* can be restored"):
         checkpointing.restore_or_keep(manager, other)
     assert manager.all_steps() == [5]
+
+
+@pytest.mark.parametrize("manager_class", [ocp.CheckpointManager, checkpointing.TrainingManager])
+def test_only_the_training_loop_asks_the_preemption_sync_point(
+    manager_class, tmp_path, monkeypatch
+):
+    """Orbax's own manager asks it from its finalising thread with the step it saved, which
+    can lag the loop and make the sync protocol pick a step one process already passed (a
+    multi-process hang on SIGTERM); the training manager never asks it."""
+    calls = []
+    monkeypatch.setattr(
+        multihost_utils,
+        "reached_preemption_sync_point",
+        lambda step: calls.append((threading.current_thread().name, step)) or False,
+    )
+    config = load_config("digits", model__widths=((4, 4, 4), (4, 4, 4), (4, 4)))
+    state = init_state(models.from_config(config, num_classes=10), (8, 8, 1), optax.sgd(0.1))
+    options = ocp.CheckpointManagerOptions(create=True)
+    with manager_class(str(tmp_path / "checkpoints"), options=options) as manager:
+        for step in (3, 6):
+            manager.save(step, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+    if manager_class is ocp.CheckpointManager:  # What the training manager guards against.
+        assert ("save_finalize", 3) in calls, calls
+    else:
+        assert calls == []

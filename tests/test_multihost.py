@@ -66,7 +66,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data
     try:
         helpers.wait_for(lambda: (tmp_path / "checkpoints" / "20").is_dir(), processes[0], 600)
     except BaseException:
-        helpers.wait_all(processes, timeout=0)
+        for process in processes:
+            helpers.kill(process)
         raise
     processes[1].send_signal(signal.SIGTERM)
     codes = helpers.wait_all(processes, timeout=300)
