@@ -9,7 +9,8 @@ Ctrl-C stops at once, without saving.
 
 With the JAX distributed runtime, its preemption sync manager catches SIGTERM
 (on any process) and picks the first step no process has passed yet, so all
-processes save the same step; a Ctrl-C is passed to it as a SIGTERM. Without it
+processes save the same step (``requested`` must be its only caller:
+``checkpointing.TrainingManager``); a Ctrl-C is passed to it as a SIGTERM. Without it
 (one process) a signal handler sets a flag and the next step is the stop step.
 """
 
