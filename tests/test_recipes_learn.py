@@ -13,7 +13,7 @@ Then each recipe trains, with its optimizer, initialisation and schedule (its
 warmup compressed to ``LEARN_WARMUP_STEPS``), on a fixed batch of real stand-in
 images at its input shape: the loss must fall below 0.9 ln C within
 ``LEARN_STEPS`` steps, where the authors' initialisation stays at ln C. How many
-steps the recipes take on the whole stand-in (batches of 128, 70 to 330 steps to
+steps the recipes take on the whole stand-in (batches of 128, 70 to 420 steps to
 leave ln C) is in docs/RECIPES.md, "Real-image stand-in runs": minutes per
 recipe on 2 CPU cores, too long for this suite.
 """
@@ -43,7 +43,7 @@ PAPER_RECIPES = (
 STANDIN_OF = {"mnist": "28x28x1", "cifar100": "pairs_32x32x3"}  # the others: 32x32x3
 FIT_IMAGES = 300
 PROBE_IMAGES = 16
-LEARN_STEPS = 40
+LEARN_STEPS = 60
 LEARN_WARMUP_STEPS = 3
 # The authors' initialisation and per-layer rates, one override away from every recipe.
 AUTHORS = {
