@@ -185,7 +185,7 @@ def benchmark_input(config: ml_collections.ConfigDict, num_batches: int) -> dict
 def benchmark_loop(config: ml_collections.ConfigDict, num_steps: int) -> dict:
     """Steady images/s of ``train.train_and_evaluate`` on the stand-in of the dataset's shape:
     the second of two log windows of ``num_steps`` steps (the first holds the compilation)."""
-    from nin_jax import reporting, train
+    from nin_jax import reporting, storage, train
 
     loop_config = config.copy_and_resolve_references()
     loop_config.dataset = DATASETS[config.dataset][2]
@@ -196,8 +196,8 @@ def benchmark_loop(config: ml_collections.ConfigDict, num_steps: int) -> dict:
     loop_config.eval_every_steps = loop_config.checkpoint_every_steps = 10**9
     with tempfile.TemporaryDirectory() as workdir:
         train.train_and_evaluate(loop_config, workdir)
-        with open(f"{workdir}/{reporting.METRICS_FILE}") as f:
-            records = [json.loads(line) for line in f]
+        lines = storage.read_text(f"{workdir}/{reporting.METRICS_FILE}").splitlines()
+        records = [json.loads(line) for line in lines]
     windows = [r for r in records if r["split"] == "train"]
     return {"loop_images_per_sec": round(windows[-1]["images_per_sec"], 2)}
 

@@ -14,12 +14,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from nin_jax import storage
 from nin_jax import workdir as workdir_lib
 from nin_jax.errors import FileDamagedError, TrainingError, WorkdirError
 
 
 def directory(workdir: str) -> str:
-    root = workdir if workdir_lib.is_remote(workdir) else os.path.abspath(workdir)
+    root = workdir if storage.is_remote(workdir) else os.path.abspath(workdir)
     return os.path.join(root, workdir_lib.CHECKPOINT_DIR)
 
 
@@ -144,7 +145,7 @@ def _restore(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
     """(the saved train state as a tree of arrays, its step), read-only; default: the newest."""
     path = directory(workdir)
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise WorkdirError(f"no checkpoint in {path}: train first (python -m nin_jax.main)")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(path, options=options) as manager:

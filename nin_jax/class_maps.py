@@ -14,7 +14,7 @@ import os
 import numpy as np
 from absl import flags
 
-from nin_jax import cli, images, input_pipeline, restore
+from nin_jax import cli, images, input_pipeline, restore, storage
 
 FLAGS = flags.FLAGS
 
@@ -80,7 +80,7 @@ def render(
     fig.subplots_adjust(
         left=0.01, right=0.99, bottom=0.01, top=1 - HEADER_INCHES / fig.get_figheight(), hspace=0.5
     )
-    fig.savefig(output, dpi=DPI)
+    storage.write_figure(fig, output, DPI)
     plt.close(fig)
 
 
@@ -122,7 +122,7 @@ def run(
     else:
         pixels, labels = eval_examples(trained, num_images, data_dir)
     maps = trained.apply(pixels, method="class_maps", model=model).astype(np.float32)
-    output = output or os.path.join(workdir, "class_maps.png")
+    output = storage.output_file(output or os.path.join(workdir, "class_maps.png"))
     title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
     render(pixels, maps, labels, trained.info.class_names, max_maps, title, output)
     return output

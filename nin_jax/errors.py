@@ -37,6 +37,10 @@ class FileDamagedError(NinError):
     """A file nin_jax reads is truncated, corrupt or of another kind."""
 
 
+class OutputError(NinError):
+    """An output file or directory cannot be created where the command was asked to write it."""
+
+
 class ImageError(NinError):
     """A file given as an image cannot be used as one."""
 

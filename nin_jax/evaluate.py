@@ -13,7 +13,7 @@ import os
 import numpy as np
 from absl import flags
 
-from nin_jax import cli, input_pipeline, restore
+from nin_jax import cli, input_pipeline, restore, storage
 
 FLAGS = flags.FLAGS
 
@@ -68,7 +68,7 @@ def plot_confusion(matrix: np.ndarray, class_names, title: str, output: str) -> 
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(output, dpi=DPI)
+    storage.write_figure(fig, output, DPI)
     plt.close(fig)
 
 
@@ -108,10 +108,10 @@ def run(
     matrix = confusion_matrix(examples.labels, predictions, info.num_classes)
     results = summarize(matrix, info.class_names, split_name, trained.step)
 
-    output_dir = output_dir or os.path.join(workdir, "eval")
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, f"step_{trained.step}.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    output_dir = storage.output_directory(output_dir or os.path.join(workdir, "eval"))
+    storage.write_text(
+        os.path.join(output_dir, f"step_{trained.step}.json"), json.dumps(results, indent=2)
+    )
     title = (
         f"{config.dataset} {split_name}, step {trained.step}: error {100 * results['error']:.2f}%"
     )

@@ -6,11 +6,13 @@ than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused before they are decoded (
 small file can hold a huge image: a decompression bomb).
 """
 
+import io
 import re
 import warnings
 
 import numpy as np
 
+from nin_jax import storage
 from nin_jax.errors import ImageError
 
 
@@ -46,22 +48,28 @@ def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
 
     height, width, channels = shape
     try:
-        with warnings.catch_warnings():  # PIL only warns up to twice the pixel limit.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image = _convert(image, channels)
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _too_large(path, e) from None
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path} is a directory, not an image file") from None
     except PermissionError:
         raise ImageError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        with warnings.catch_warnings():  # PIL only warns up to twice the pixel limit.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            buffer = io.BytesIO(data)
+            with Image.open(buffer) as image:  # The bytes read above, from any storage.
+                image = _convert(image, channels)
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(path, e) from None
     except UnidentifiedImageError as e:
-        raise ImageError(f"{path} is not an image file PIL can read ({e})") from None
+        known = str(e).replace(repr(buffer), repr(path))  # PIL names the buffer it read.
+        raise ImageError(f"{path} is not an image file PIL can read ({known})") from None
     except OSError as e:  # PIL's decoders: truncated or corrupt data.
         raise ImageError(f"{path} is damaged ({e}); copy or export it again") from None
     except ValueError as e:  # A colour mode PIL cannot convert to RGB.

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from nin_jax import cli, reporting
+from nin_jax import cli, reporting, storage
 from nin_jax import workdir as workdir_lib
 from nin_jax.errors import FileDamagedError, WorkdirError
 
@@ -46,8 +46,7 @@ def read_metrics(path: str) -> dict[str, dict[int, dict[str, float]]]:
     stderr; a file with no record at all is an error.
     """
     try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
+        lines = storage.read_bytes(path).splitlines()
     except FileNotFoundError:
         raise WorkdirError(f"{path} is missing: train first (python -m nin_jax.main)") from None
     except OSError as e:  # A directory in its place, no permission, ...
@@ -121,7 +120,7 @@ def render(curves: dict[str, dict[int, dict[str, float]]], title: str, output: s
         title += f"  (eval error {100 * evaluation[last]['error']:.2f}% at step {last})"
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(output, dpi=DPI)
+    storage.write_figure(fig, output, DPI)
     plt.close(fig)
 
 
@@ -132,9 +131,9 @@ def define_flags() -> None:
 
 def run(workdir: str, output: str | None = None) -> str:
     """Draws ``workdir``'s curves; returns the PNG's path (default: WORKDIR/curves.png)."""
-    output = output or os.path.join(workdir, "curves.png")
     curves = read_metrics(os.path.join(workdir, reporting.METRICS_FILE))
     config = workdir_lib.load_config(workdir)
+    output = storage.output_file(output or os.path.join(workdir, "curves.png"))
     render(curves, f"NIN on {config.dataset} ({workdir})", output)
     return output
 

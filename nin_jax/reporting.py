@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from nin_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_SCALARS = ("loss", "accuracy", "error")
@@ -63,19 +65,19 @@ class MetricsWriter:
     """Scalars to TensorBoard (``workdir/tensorboard``, tags 'train/loss', ...) and metrics.jsonl.
 
     Every write is flushed, so the files are complete even if training stops
-    with an error; ``metrics.jsonl`` is appended to across resumed runs.
+    with an error; ``metrics.jsonl`` is appended to across resumed runs (on GCS,
+    rewritten whole at each write: ``storage.LineLog``).
     """
 
     def __init__(self, workdir: str):
         from clu import metric_writers  # Imports TensorFlow summaries: only where used.
 
         self._summary = metric_writers.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+        self._jsonl = storage.LineLog(os.path.join(workdir, METRICS_FILE))
 
     def write(self, split: str, step: int, scalars: dict[str, float]) -> None:
         record = {"split": split, "step": int(step), "time": round(time.time(), 3), **scalars}
         self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
         self._summary.write_scalars(step, {f"{split}/{k}": v for k, v in scalars.items()})
         self._summary.flush()
 

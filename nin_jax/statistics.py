@@ -19,8 +19,8 @@ import re
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
 
+from nin_jax import storage
 from nin_jax import workdir as workdir_lib
 from nin_jax.errors import FileDamagedError
 from nin_jax.input_pipeline import Split
@@ -89,7 +89,7 @@ def stats_path(data_dir_root: str, dataset: str, split: str, unit_rms: bool = Tr
 
 def _cached_on_process_0(path: str) -> bool:
     """Whether ``path`` exists, as process 0 sees it (all processes must agree)."""
-    exists = epath.Path(path).exists()
+    exists = storage.exists(path)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -99,19 +99,17 @@ def _cached_on_process_0(path: str) -> bool:
 
 def _read_zca(path: str, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     shapes = workdir_lib.preprocess_shapes("gcn_zca", image_shape)
-    data = epath.Path(path).read_bytes()
+    data = storage.read_bytes(path)
     stats = workdir_lib.read_npz(path, data, shapes, "fitting the ZCA statistics again")
     return stats["mean"], stats["whitening"]
 
 
 def _write_zca(path: str, mean: np.ndarray, whitening: np.ndarray) -> None:
-    """Saves the statistics atomically: a temporary file renamed."""
-    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Saves the statistics atomically (``storage.write_bytes``)."""
+    storage.makedirs(os.path.dirname(path))
     buffer = io.BytesIO()
     np.savez(buffer, mean=mean, whitening=whitening)
-    tmp = epath.Path(f"{path}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def load_or_fit_zca(

@@ -29,9 +29,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
-from nin_jax import config_validation
+from nin_jax import config_validation, storage
 from nin_jax.errors import ConfigError, FileDamagedError, WorkdirBusyError, WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -65,11 +64,6 @@ _NPZ_ERRORS = (
 )  # fmt: skip
 
 
-def is_remote(workdir: str) -> bool:
-    """gs:// and other URL-like paths, which only TensorFlow's and Orbax's file APIs open."""
-    return "://" in workdir
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What the model was trained on: enough to turn any image into a model input."""
@@ -91,8 +85,12 @@ class WorkdirLock:
     An ``flock`` on ``workdir/.lock``: the kernel releases it when the process
     ends, however it ends, so the lock of a killed run is stale at once and the
     next run takes it over. A second run on a workdir in use stops with a
-    ``WorkdirBusyError`` before it writes anything there. Remote workdirs
-    (``gs://``) are not locked. Entering also creates the workdir.
+    ``WorkdirBusyError`` before it writes anything there. Entering also creates
+    the workdir.
+
+    Remote workdirs (``gs://``) are not locked: no kernel releases a lock object
+    when the run holding it is killed or its VM preempted, so such a lock would
+    keep the rerun out (docs/SCALING.md).
     """
 
     def __init__(self, workdir: str):
@@ -100,7 +98,7 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "WorkdirLock":
-        if not is_remote(self._workdir):
+        if not storage.is_remote(self._workdir):
             holds = self._acquire() if jax.process_index() == 0 else True
             if jax.process_count() > 1:  # Every process stops if process 0 could not lock.
                 from jax.experimental import multihost_utils
@@ -113,8 +111,8 @@ class WorkdirLock:
     def _acquire(self) -> bool:
         path = os.path.join(self._workdir, LOCK_FILE)
         try:
-            os.makedirs(self._workdir, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.makedirs(self._workdir, exist_ok=True)  # Local: remote workdirs are not locked.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # Local: flock needs a descriptor.
         except OSError as e:
             raise WorkdirError(f"workdir {self._workdir!r} is not writable: {e.strerror}") from e
         try:
@@ -157,7 +155,7 @@ def _first_line(error: BaseException) -> str:
 
 def _read_bytes(path: str, written_by: str) -> bytes:
     try:
-        return epath.Path(path).read_bytes()
+        return storage.read_bytes(path)
     except FileNotFoundError:
         raise WorkdirError(
             f"{path} is missing; is {os.path.dirname(path) or '.'} a nin_jax workdir "
@@ -219,12 +217,10 @@ def preprocess_shapes(preprocess: str, image_shape: tuple[int, ...]) -> dict[str
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes on process 0 only, atomically (a temporary file renamed)."""
+    """Writes on process 0 only, atomically (``storage.write_bytes``)."""
     if jax.process_index() != 0:
         return
-    tmp = epath.Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    storage.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _tuples(value: Any) -> Any:
@@ -278,10 +274,10 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
     Called before anything is written, so the workdir's config.json keeps
     describing its checkpoints.
     """
-    checkpoints = epath.Path(workdir) / CHECKPOINT_DIR
-    if not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    if not (storage.isdir(checkpoints) and storage.listdir(checkpoints)):
         return
-    if not (epath.Path(workdir) / CONFIG_FILE).exists():
+    if not storage.exists(os.path.join(workdir, CONFIG_FILE)):
         return  # Nothing to compare with; a mismatch surfaces when restoring.
     saved = load_config(workdir)
     for field in CHECKPOINT_DEFINING_FIELDS:
@@ -305,9 +301,7 @@ def write_dataset_info(workdir: str, info: DatasetInfo) -> None:
     if jax.process_index() == 0:
         buffer = io.BytesIO()
         np.savez(buffer, **info.preprocess_params)
-        tmp = epath.Path(workdir) / f"{PREPROCESS_FILE}.tmp"
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(epath.Path(workdir) / PREPROCESS_FILE)
+        storage.write_bytes(os.path.join(workdir, PREPROCESS_FILE), buffer.getvalue())
 
 
 def _dataset_problem(raw: dict[str, Any]) -> str | None:
