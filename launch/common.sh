@@ -23,6 +23,86 @@ quote() {
   fi
 }
 
+# The value of option $1 in a list of OPTION=VARIABLE specs ($2...), or nothing.
+_variable_of() {
+  local option=$1 spec
+  shift
+  for spec in "$@"; do
+    [[ ${spec%%=*} == "$option" ]] && { echo "${spec#*=}"; return; }
+  done
+  return 0
+}
+
+_is_one_of() {
+  local word=$1 item
+  shift
+  for item in "$@"; do [[ $item == "$word" ]] && return 0; done
+  return 1
+}
+
+_unknown() {
+  echo "error: unknown argument '$1'" >&2
+  usage 2 >&2
+}
+
+# Parses a launch script's command line into its variables, COMMANDS and MAIN_FLAGS. The
+# script declares VALUE_OPTIONS (--flag=VARIABLE: takes a value, as --flag V or --flag=V),
+# SWITCH_OPTIONS (--flag=VARIABLE: sets VARIABLE=1), COMMAND_NAMES and UP_COMMANDS (what
+# `up` stands for). Everything after -- goes to MAIN_FLAGS unchanged.
+parse_args() {
+  COMMANDS=()
+  MAIN_FLAGS=()
+  local arg variable
+  while (($#)); do
+    arg=$1
+    case $arg in
+      -h | --help) usage ;;
+      --) shift; MAIN_FLAGS=("$@"); break ;;
+      --*=*)
+        variable=$(_variable_of "${arg%%=*}" "${VALUE_OPTIONS[@]}")
+        [[ -n $variable ]] || _unknown "$arg"
+        printf -v "$variable" '%s' "${arg#*=}"
+        ;;
+      --*)
+        variable=$(_variable_of "$arg" "${VALUE_OPTIONS[@]}")
+        if [[ -n $variable ]]; then
+          (($# > 1)) || die "$arg needs a value"
+          printf -v "$variable" '%s' "$2"
+          shift
+        else
+          variable=$(_variable_of "$arg" "${SWITCH_OPTIONS[@]}")
+          [[ -n $variable ]] || _unknown "$arg"
+          printf -v "$variable" '%s' 1
+        fi
+        ;;
+      up) COMMANDS+=("${UP_COMMANDS[@]}") ;;
+      *) _is_one_of "$arg" "${COMMAND_NAMES[@]}" || _unknown "$arg"; COMMANDS+=("$arg") ;;
+    esac
+    shift
+  done
+  ((${#COMMANDS[@]})) || usage 2 >&2
+}
+
+# Whether command $1 is among those asked for (COMMANDS).
+wants() {
+  _is_one_of "$1" "${COMMANDS[@]}"
+}
+
+# Checks --config names a file of this checkout's HEAD (what install copies to the machines),
+# relative to the repository root as nin_jax.main reads it there.
+check_config_file() {
+  [[ $CONFIG != /* ]] || die "--config=$CONFIG: give the path in this checkout, e.g. configs/svhn.py (the machines get the checkout, not this file)"
+  [[ -f $REPO/$CONFIG ]] || die "--config=$CONFIG: no such file in $REPO"
+  if git -C "$REPO" rev-parse --git-dir > /dev/null 2>&1; then
+    local root directory  # The path in git's tree: configs/ is a link to nin_jax/configs/.
+    root=$(cd "$REPO" && pwd -P)
+    directory=$(cd "$REPO/$(dirname "$CONFIG")" && pwd -P)
+    directory=${directory#"$root"}
+    git -C "$REPO" cat-file -e "HEAD:${directory#/}${directory:+/}$(basename "$CONFIG")" 2> /dev/null \
+      || die "--config=$CONFIG is not committed: install copies HEAD, so the machines would not have it"
+  fi
+}
+
 # Runs a command, or prints it on one line with --dry-run.
 run() {
   if [[ $DRY_RUN == 1 ]]; then

@@ -3,7 +3,7 @@
 #
 #   launch/gpu.sh [OPTIONS] COMMAND... [-- MAIN_FLAGS...]
 #
-# Commands run in the order given:
+# Commands run in the order given, once every input they need has been checked:
 #   create    create the VM (Deep Learning VM image, NVIDIA driver installed at first boot)
 #   install   copy this checkout's HEAD commit to the VM, pip install -e '.[cuda]' there
 #   train     start training in the background (one process drives all the VM's GPUs)
@@ -16,15 +16,16 @@
 #   --zone ZONE             [ZONE] (default us-central1-a)
 #   --project PROJECT       [PROJECT] (default: gcloud's configured project)
 #   --machine-type T        [MACHINE_TYPE] (default g2-standard-8)
-#   --accelerator SPEC      [ACCELERATOR] (default type=nvidia-l4,count=1)
+#   --accelerator SPEC      type=nvidia-GPU,count=N [ACCELERATOR] (default type=nvidia-l4,count=1)
 #   --image-family F        [IMAGE_FAMILY] (default common-cu124-debian-11-py310; list them with
 #                           gcloud compute images list --project=deeplearning-platform-release)
 #   --spot                  create a Spot VM, stopped (not deleted) on preemption [SPOT=1]
-#   --config FILE           [CONFIG] (default configs/svhn.py)
+#   --config FILE           a config of this checkout [CONFIG] (default configs/svhn.py)
 #   --workdir DIR           gs://BUCKET/PATH or a path on the VM, required by train [WORKDIR]
 #   --data-dir DIR          prepared TFDS data, passed as --config.data_dir [DATA_DIR]
 #   --dry-run               print the commands instead of running them [DRY_RUN=1]
 # Flags after -- go to nin_jax.main unchanged (e.g. -- --config.num_epochs=40).
+# Nothing is created before every input has been checked.
 #
 # After a preemption: gcloud compute instances start NAME --zone=ZONE, then `train`
 # again with the same --workdir: training resumes from the last checkpoint.
@@ -47,6 +48,9 @@ ARCHIVE=${TMPDIR:-/tmp}/nin_jax.tar.gz
 # shellcheck source=launch/common.sh
 source "$REPO/launch/common.sh"
 
+# GPU names of `gcloud compute instances create --accelerator=type=NAME,count=N`.
+KNOWN_ACCELERATORS='^type=nvidia-(tesla-t4|tesla-p4|tesla-p100|tesla-v100|l4|tesla-a100|a100-80gb|h100-80gb|h100-mega-80gb|h200-141gb|b200|gb200|rtx-pro-6000),count=[1-9][0-9]*$'
+
 vm() {
   local project=()
   [[ -n $PROJECT ]] && project=(--project="$PROJECT")
@@ -68,8 +72,17 @@ install() {
   vm ssh "$VM_NAME" --command="$(install_command cuda)"
 }
 
+# Stops (exit 2) on any input a command asked for would fail on, before anything runs.
+check_inputs() {
+  [[ $ACCELERATOR =~ $KNOWN_ACCELERATORS ]] \
+    || die "--accelerator=$ACCELERATOR is not type=GPU,count=N with a GPU gcloud knows (type=nvidia-l4,count=1, type=nvidia-tesla-a100,count=8, ...)"
+  if wants train; then
+    [[ -n $WORKDIR ]] || die "train needs --workdir (gs://BUCKET/PATH or a path on the VM)"
+    check_config_file
+  fi
+}
+
 train() {
-  [[ -n $WORKDIR ]] || die "train needs --workdir (gs://BUCKET/PATH or a path on the VM)"
   local flags=(--config="$CONFIG" --workdir="$WORKDIR")
   [[ -n $DATA_DIR ]] && flags+=(--config.data_dir="$DATA_DIR")
   vm ssh "$VM_NAME" --command="$(train_command "${flags[@]}" "${MAIN_FLAGS[@]}")"
@@ -83,39 +96,14 @@ delete() {
   vm instances delete "$VM_NAME" --quiet
 }
 
-COMMANDS=()
-MAIN_FLAGS=()
-while (($#)); do
-  case $1 in
-    --name) VM_NAME=${2:?--name needs a value}; shift ;;
-    --name=*) VM_NAME=${1#*=} ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift ;;
-    --zone=*) ZONE=${1#*=} ;;
-    --project) PROJECT=${2:?--project needs a value}; shift ;;
-    --project=*) PROJECT=${1#*=} ;;
-    --machine-type) MACHINE_TYPE=${2:?--machine-type needs a value}; shift ;;
-    --machine-type=*) MACHINE_TYPE=${1#*=} ;;
-    --accelerator) ACCELERATOR=${2:?--accelerator needs a value}; shift ;;
-    --accelerator=*) ACCELERATOR=${1#*=} ;;
-    --image-family) IMAGE_FAMILY=${2:?--image-family needs a value}; shift ;;
-    --image-family=*) IMAGE_FAMILY=${1#*=} ;;
-    --spot) SPOT=1 ;;
-    --config) CONFIG=${2:?--config needs a value}; shift ;;
-    --config=*) CONFIG=${1#*=} ;;
-    --workdir) WORKDIR=${2:?--workdir needs a value}; shift ;;
-    --workdir=*) WORKDIR=${1#*=} ;;
-    --data-dir) DATA_DIR=${2:?--data-dir needs a value}; shift ;;
-    --data-dir=*) DATA_DIR=${1#*=} ;;
-    --dry-run) DRY_RUN=1 ;;
-    -h | --help) usage ;;
-    --) shift; MAIN_FLAGS=("$@"); break ;;
-    create | install | train | logs | delete) COMMANDS+=("$1") ;;
-    up) COMMANDS+=(create install train) ;;
-    *) echo "error: unknown argument '$1'" >&2; usage 2 >&2 ;;
-  esac
-  shift
-done
-((${#COMMANDS[@]})) || usage 2 >&2
+VALUE_OPTIONS=(--name=VM_NAME --zone=ZONE --project=PROJECT --machine-type=MACHINE_TYPE
+  --accelerator=ACCELERATOR --image-family=IMAGE_FAMILY --config=CONFIG --workdir=WORKDIR
+  --data-dir=DATA_DIR)
+SWITCH_OPTIONS=(--spot=SPOT --dry-run=DRY_RUN)
+COMMAND_NAMES=(create install train logs delete)
+UP_COMMANDS=(create install train)
+parse_args "$@"
+check_inputs
 
 for command in "${COMMANDS[@]}"; do
   "$command"

