@@ -116,13 +116,13 @@ def run(
 ) -> str:
     """Draws the class maps of ``paths`` (default: eval images); returns the PNG's path."""
     trained = restore.load(workdir, step)
+    output = storage.output_file(output or os.path.join(workdir, "class_maps.png"))
     if paths:
         pixels = np.stack([images.read_image(path, trained.info.image_shape) for path in paths])
         labels: list[int | None] = [None] * len(pixels)
     else:
         pixels, labels = eval_examples(trained, num_images, data_dir)
     maps = trained.apply(pixels, method="class_maps", model=model).astype(np.float32)
-    output = storage.output_file(output or os.path.join(workdir, "class_maps.png"))
     title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
     render(pixels, maps, labels, trained.info.class_names, max_maps, title, output)
     return output

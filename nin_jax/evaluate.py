@@ -97,6 +97,7 @@ def run(
     Writes ``output_dir/step_<N>.json`` and ``confusion_step_<N>.png`` (default: WORKDIR/eval).
     """
     trained = restore.load(workdir, step)
+    output_dir = storage.output_directory(output_dir or os.path.join(workdir, "eval"))
     config, info = trained.config, trained.info
     split_name = split or config.eval_split
     builder = input_pipeline.get_builder(
@@ -108,7 +109,6 @@ def run(
     matrix = confusion_matrix(examples.labels, predictions, info.num_classes)
     results = summarize(matrix, info.class_names, split_name, trained.step)
 
-    output_dir = storage.output_directory(output_dir or os.path.join(workdir, "eval"))
     storage.write_text(
         os.path.join(output_dir, f"step_{trained.step}.json"), json.dumps(results, indent=2)
     )

@@ -1,0 +1,120 @@
+"""nin_jax.storage on local paths, its metrics log on a bucket's terms (objects are
+replaced whole, never appended to), and the tools' output directories.
+
+The same code on a real GCS-protocol server: tests/test_gcs_flow.py (slow)."""
+
+import os
+
+import pytest
+from helpers import assert_one_line_error, run_cli
+
+from nin_jax import class_maps, errors, evaluate, plot, storage
+
+METRICS = "gs://bucket/run/metrics.jsonl"
+
+
+def test_local_files(tmp_path):
+    directory = str(tmp_path / "a" / "b")
+    storage.makedirs(directory)
+    storage.makedirs(directory)  # Already there: fine.
+    path = os.path.join(directory, "x.json")
+    storage.write_text(path, "one")
+    storage.write_text(path, "two")  # Replaced atomically: no temporary file is left.
+    assert storage.read_text(path) == "two" and storage.listdir(directory) == ["x.json"]
+    assert storage.isdir(directory) and not storage.isdir(path) and storage.exists(path)
+    storage.remove(path)
+    assert not storage.exists(path)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(path)
+    assert storage.is_remote("gs://bucket/run") and not storage.is_remote(directory)
+
+
+def test_tensorflow_file_system_errors_become_os_errors():
+    import tensorflow as tf
+
+    cases = [
+        (tf.errors.NotFoundError, FileNotFoundError),
+        (tf.errors.PermissionDeniedError, PermissionError),
+        (tf.errors.UnavailableError, OSError),
+    ]
+    for tf_error, os_error in cases:
+        with pytest.raises(os_error, match="^gs://b/x: what went wrong$"):
+            with storage._os_errors("gs://b/x"):  # noqa: SLF001
+                raise tf_error(None, None, "what went wrong\nmore")
+    with pytest.raises(KeyError):  # Not TensorFlow's: a bug, left as it is.
+        with storage._os_errors("gs://b/x"):  # noqa: SLF001
+            raise KeyError("x")
+
+
+@pytest.fixture
+def bucket(monkeypatch) -> dict[str, list[bytes]]:
+    """storage's reads and writes of objects, kept in memory: {path: every upload of it}."""
+    uploads: dict[str, list[bytes]] = {}
+
+    def read_bytes(path: str) -> bytes:
+        if path not in uploads:
+            raise FileNotFoundError(path)
+        return uploads[path][-1]
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(storage, "write_bytes", lambda p, d: uploads.setdefault(p, []).append(d))
+    return uploads
+
+
+def test_a_remote_line_log_uploads_every_line_at_each_write(bucket):
+    log = storage.LineLog(METRICS)
+    log.write('{"split": "train", "step": 1, "loss": 2.0}\n')
+    log.write('{"split": "train", "step": 2, "loss": 1.5}\n')
+    # Preempted here (never closed); the resumed run's lines follow the earlier ones.
+    resumed = storage.LineLog(METRICS)
+    resumed.write('{"split": "eval", "step": 2, "loss": 1.0}\n')
+    resumed.close()
+    lines = [
+        b'{"split": "train", "step": 1, "loss": 2.0}\n',
+        b'{"split": "train", "step": 2, "loss": 1.5}\n',
+        b'{"split": "eval", "step": 2, "loss": 1.0}\n',
+    ]
+    assert bucket[METRICS] == [b"".join(lines[:1]), b"".join(lines[:2]), b"".join(lines)]
+    curves = plot.read_metrics(METRICS)  # The tools read the one object back.
+    assert curves == {"train": {1: {"loss": 2.0}, 2: {"loss": 1.5}}, "eval": {2: {"loss": 1.0}}}
+
+
+def test_a_local_line_log_appends(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    for text in ("a\n", "b\n"):
+        log = storage.LineLog(path)
+        log.write(text)
+        assert storage.read_text(path).endswith(text)  # On disk before close.
+        log.close()
+    assert storage.read_text(path) == "a\nb\n"
+
+
+def test_the_tools_create_missing_output_directories(trained_workdir, tmp_path):
+    curves = tmp_path / "a" / "b" / "curves.png"
+    assert plot.run(trained_workdir, str(curves)) == str(curves) and curves.stat().st_size
+    maps = tmp_path / "c" / "maps.png"
+    assert class_maps.run(trained_workdir, [], num_images=2, output=str(maps)) == str(maps)
+    assert maps.stat().st_size
+    results, _ = evaluate.run(trained_workdir, output_dir=str(tmp_path / "d" / "eval"))
+    assert sorted(os.listdir(tmp_path / "d" / "eval")) == [
+        f"confusion_step_{results['step']}.png", f"step_{results['step']}.json"
+    ]  # fmt: skip
+
+
+def test_an_output_below_a_file_is_one_error_line(trained_workdir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    below = f"{blocker}/sub"
+    message = f"cannot create the directory {below}: "
+    calls = [
+        lambda: plot.run(trained_workdir, f"{below}/curves.png"),
+        lambda: class_maps.run(trained_workdir, [], num_images=1, output=f"{below}/maps.png"),
+        lambda: evaluate.run(trained_workdir, output_dir=below),
+    ]
+    for call in calls:
+        with pytest.raises(errors.OutputError, match=f"^{message}") as error:
+            call()
+        assert "\n" not in str(error.value)
+    result = run_cli("nin_jax.plot", f"--workdir={trained_workdir}", f"--output={below}/c.png")
+    assert_one_line_error(result, message)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
