@@ -218,43 +218,26 @@ def start(root: Path, lifetime: float = 1800) -> Sandbox:
     namespace = None
     try:
         if network_namespace_works():
+            # unshare execs sh, which execs sleep: one PID, the namespace's, ending by itself.
             holder = subprocess.Popen(
-                ["timeout", str(lifetime), "unshare", "--net", "sh", "-c",
+                ["unshare", "--net", "sh", "-c",
                  f"ip link set lo up && echo ready && exec sleep {lifetime}"],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             processes.append(holder)
             _ready_line(holder, "the network namespace")
-            # timeout -> unshare (execs sh, which execs sleep): the namespace's process.
-            namespace = int(
-                subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True,
-                               text=True, check=True).stdout.split()[0]
-            )  # fmt: skip
+            namespace = holder.pid
         sandbox = Sandbox(root, 0, 0, ca, root / "control.sock", namespace, processes)
         port = _free_port(sandbox)
+        server = [str(server_binary()), "-scheme", "http", "-host", "127.0.0.1",
+                  "-port", str(port), "-backend", "memory", "-log-level", "warn"]  # fmt: skip
         log = open(root / "fake-gcs-server.log", "w")  # noqa: SIM115  (the process keeps it)
         processes.append(
             subprocess.Popen(
-                sandbox.command(
-                    [
-                        "timeout",
-                        str(lifetime),
-                        str(server_binary()),
-                        "-scheme",
-                        "http",
-                        "-host",
-                        "127.0.0.1",
-                        "-port",
-                        str(port),
-                        "-backend",
-                        "memory",
-                        "-log-level",
-                        "warn",
-                    ]
-                ),
+                sandbox.command(["timeout", str(lifetime), *server]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
         )
         proxy = subprocess.Popen(
             sandbox.command([sys.executable, __file__, f"--upstream=127.0.0.1:{port}",
