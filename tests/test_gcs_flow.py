@@ -28,10 +28,14 @@ WORKDIR, DATA_DIR = "run", "tfds"  # object prefixes in the bucket
 
 
 def args(workdir: str, data_dir: str) -> list[str]:
+    """A small NIN that leaves chance within the run (the tiny tests' widths stay there)."""
     return helpers.train_args(
         workdir, data_dir, num_train_steps=STEPS, checkpoint_every_steps=EVERY,
         max_checkpoints=2, log_every_steps=EVERY, eval_every_steps=2 * EVERY, batch_size=32,
-        eval_split="test",
+        eval_split="test", learning_rate=0.1, warmup_epochs=1, **{
+            "model.widths": "((16, 16, 16), (16, 16, 16), (16, 16))",
+            "model.kernel_init": "he_normal",
+        },
     )  # fmt: skip
 
 
@@ -94,7 +98,7 @@ def test_sigterm_and_rerun_on_gs_match_the_local_run(gcs, runs):
     )
     assert results["step"] == STEPS and results["test_examples"] == 360
     assert results["test_accuracy"] == local_results["test_accuracy"]
-    assert results["test_accuracy"] > 0.5  # Trained, not chance (0.1).
+    assert results["test_accuracy"] > 0.3  # Trained: chance is 0.1.
 
 
 def test_metrics_jsonl_in_the_bucket_holds_both_runs_in_order(gcs, runs):
