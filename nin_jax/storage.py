@@ -155,7 +155,7 @@ class LineLog:
         self._lines: list[bytes] | None = None
         self._file = None
         if not is_remote(path):
-            self._file = epath.Path(path).open("a")
+            self._file = epath.Path(path).open("a")  # Local only: GCS objects take no appends.
             return
         try:
             self._lines = [read_bytes(path)]
