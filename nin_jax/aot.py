@@ -20,7 +20,6 @@ Exit codes: 0 fits; 2 does not fit (after the table and the JSON line, one
 """
 
 import json
-import os
 import sys
 
 from absl import flags
@@ -45,16 +44,8 @@ flags.mark_flags_as_required(["config", "topology"])
 _MIB = 2**20
 
 
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / _MIB:,.1f}"
-
-
-def _figure(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def _mib(value: int) -> str:
+    return f"{value / _MIB:,.1f}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -71,9 +62,9 @@ def step_record(plan, step) -> dict | None:
     if step is None:
         return None
     record = {"hbm_bytes_per_chip": step.hbm_bytes, "compile_seconds": round(step.compile_seconds)}
-    if step.analysis is None:
+    if step.analysis is None:  # hbm_bytes_per_chip: what the compiler says the step needs.
         record["out_of_memory"] = step.out_of_memory.message
-        record["usable_hbm_bytes_stated"] = step.out_of_memory.available
+        record["out_of_memory_bytes"] = step.out_of_memory.required
         return record
     memory, costs, hlo = step.analysis.memory, step.analysis.costs, step.analysis.hlo
     roofline = plan.roofline(step)
@@ -99,6 +90,7 @@ def step_record(plan, step) -> dict | None:
         images_per_sec=images / roofline.seconds,
         xla_optimal_seconds=costs.optimal_seconds,
         all_reduce_bytes_per_chip=hlo.all_reduce_bytes,
+        costs_are_lower_bounds=bool(hlo.while_loops),  # A loop's body is counted once.
         while_loops=list(hlo.while_loops),
         custom_calls=hlo.custom_calls,
         custom_call_bytes=hlo.custom_call_bytes,
@@ -174,131 +166,124 @@ def caveats(plan) -> list[str]:
         if hlo.other_collectives:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(hlo.other_collectives.items()))
             notes.append(f"{name}: collectives besides the all-reduce: {ops}")
+    notes.append(
+        "the all-reduce (gradients and metrics) crosses the chip-to-chip links: not in the "
+        "HBM figures or the roofline"
+    )
     if plan.config.dtype == "float32":
         notes.append(
             "float32: the compute bound uses the bf16 peak (TPU matmuls at JAX's default "
-            "precision are one bf16 pass); HIGHEST-precision matmuls (ZCA) take several"
+            "precision are one bf16 pass)"
+        )
+    if plan.config.preprocess == "gcn_zca":
+        notes.append(
+            "the ZCA whitening matmul runs at HIGHEST precision (several bf16 passes); its "
+            "FLOPs are counted once"
         )
     return notes
 
 
-def table(plan, config_file: str) -> str:
-    """The readable report of ``plan``."""
-    from nin_jax import planning
+def _cell(step: dict | None, path: str, fmt) -> str:
+    """``fmt`` of the figure at dotted ``path`` of a step's record; '-' where there is none."""
+    value = step
+    for key in path.split("."):
+        value = None if value is None else value.get(key)
+    return "-" if value is None else fmt(value)
 
-    config, chip = plan.config, plan.slice.chip
-    versions = ", ".join(f"{k} {v}" for k, v in planning.versions().items())
-    slices = f"{plan.num_slices} x " if plan.num_slices > 1 else ""
-    mesh = " x ".join(f"{k} {v}" for k, v in plan.mesh_shape.items())
-    steps_ = [("train", plan.train), ("eval", plan.eval)]
+
+_MEMORY_ROWS = (
+    ("arguments", "hbm.arguments"),
+    ("outputs", "hbm.outputs"),
+    ("aliased (donated; counted once)", "hbm.aliased"),
+    ("temporaries", "hbm.temporaries"),
+    ("generated code", "hbm.generated_code"),
+)
+_COST_ROWS = (  # (label, record key, scale, format)
+    ("GFLOP", "flops_per_image", 1e-9, "{:,.4g}"),
+    ("MB of HBM traffic", "bytes_per_image", 1e-6, "{:,.4g}"),
+)
+_ROOFLINE_ROWS = (
+    ("compute time, ms", "compute_seconds", 1e3, "{:,.4g}"),
+    ("HBM time, ms", "memory_seconds", 1e3, "{:,.4g}"),
+    ("bound", "bound", None, "{}"),
+    ("images/s per chip", "images_per_sec_per_chip", 1, "{:,.0f}"),
+    ("images/s, all chips", "images_per_sec", 1, "{:,.0f}"),
+    ("XLA's own step estimate, ms", "xla_optimal_seconds", 1e3, "{:,.4g}"),
+    ("all-reduce, MB per chip", "all_reduce_bytes_per_chip", 1e-6, "{:,.4g}"),
+)
+
+
+def table(result: dict, notes: list[str]) -> str:
+    """The readable report of a plan's JSON ``record``."""
+    steps_ = (result["train"], result["eval"])
+    chip, schedule = result["chip"], result["schedule"]
+    versions = ", ".join(f"{k} {v}" for k, v in result["estimates_by"].items())
+    slices = f"{result['num_slices']} x " if result["num_slices"] > 1 else ""
+    mesh = " x ".join(f"{k} {v}" for k, v in result["mesh"].items())
+
+    def header(title: str) -> str:
+        return f"{title:34}{'train':>14}{'eval':>14}"
+
+    def row(label: str, path: str, fmt, costs: bool = False) -> str:
+        def cell(step) -> str:
+            low = costs and step is not None and step.get("costs_are_lower_bounds")
+            return (">= " if low else "") + _cell(step, path, fmt)
+
+        return f"  {label:32}" + "".join(f"{cell(step):>14}" for step in steps_)
+
+    def scaled(scale, pattern):
+        return lambda v: pattern.format(v if scale is None else v * scale)
+
     lines = [
-        f"{config_file} on {slices}{plan.slice.name}: {plan.chips} chips (TPU {chip.generation}), "
-        f"{plan.hosts} host(s); mesh {mesh}",
-        f"  {config.dataset}, global batch {config.batch_size} "
-        f"({config.batch_size // plan.chips} per chip), {config.dtype}, conv_impl "
-        f"{plan.conv_impl}, {config.num_models} model(s), data_on_device {config.data_on_device}",
+        f"{result['config']} on {slices}{result['topology']}: {result['chips']} chips "
+        f"(TPU {chip['generation']}), {result['hosts']} host(s); mesh {mesh}",
+        f"  {result['dataset']}, global batch {result['batch_size']:,} "
+        f"({result['batch_per_chip']:,} per chip), {result['dtype']}, conv_impl "
+        f"{result['conv_impl']}, {result['num_models']} model(s), data_on_device "
+        f"{result['data_on_device']}",
         f"  Compiler estimates (XLA's memory and cost analyses), not measurements: {versions}",
         "",
-        f"{'HBM per chip, MiB':34}{'train':>14}{'eval':>14}",
-    ]
-
-    def row(label: str, cell) -> str:
-        return f"  {label:32}" + "".join(f"{cell(step):>14}" for _, step in steps_)
-
-    def analysed(fn):
-        return lambda step: "-" if step is None or step.analysis is None else fn(step)
-
-    for label, field in (
-        ("arguments", "arguments"),
-        ("outputs", "outputs"),
-        ("aliased (donated; counted once)", "aliased"),
-        ("temporaries", "temporaries"),
-        ("generated code", "generated_code"),
-    ):
-        lines.append(row(label, analysed(lambda s, f=field: _mib(getattr(s.analysis.memory, f)))))
-    lines.append(row("total", lambda s: "-" if s is None else _mib(s.hbm_bytes)))
-    usable = f"of {chip.usable_hbm_gib} GiB usable"
-    lines.append(
-        row(usable, lambda s: "-" if s is None else f"{s.hbm_bytes / plan.usable_hbm:.1%}")
-    )
-    for _, step in steps_:
-        if step is not None and step.out_of_memory is not None:
-            lines.append(f"  compiler: {step.out_of_memory.message}")
-    verdict = "FITS" if plan.fits else "DOES NOT FIT"
-    lines += ["", f"Verdict: {verdict} in {chip.usable_hbm_gib} GiB of HBM per chip", ""]
-
-    peak = f"{chip.bf16_tflops:g} bf16 TFLOP/s, {chip.hbm_gbps:,.0f} GB/s HBM per chip"
-    lines.append(f"{'Per image (slice total / batch)':34}{'train':>14}{'eval':>14}")
-    lines.append(
-        row("GFLOP", analysed(lambda s: _figure(plan.per_image(s, s.analysis.costs.flops) / 1e9)))
-    )  # noqa: E501
-    lines.append(
+        header("HBM per chip, MiB"),
+        *(row(label, path, _mib) for label, path in _MEMORY_ROWS),
+        row("total", "hbm.total", _mib),
+        *(
+            [row("needs (the compiler's error)", "out_of_memory_bytes", lambda v: f"> {_mib(v)}")]
+            if any(s and "out_of_memory" in s for s in steps_)
+            else []
+        ),
         row(
-            "MB of HBM traffic",
-            analysed(lambda s: _figure(plan.per_image(s, s.analysis.costs.bytes_accessed) / 1e6)),
-        )
-    )  # noqa: E501
-    lines += ["", f"{'Roofline per step':34}{'train':>14}{'eval':>14}   ({peak})"]
-    roof = lambda fn: analysed(lambda s: fn(plan.roofline(s)))  # noqa: E731
-    lines.append(row("compute time, ms", roof(lambda r: _figure(r.compute_seconds * 1e3))))
-    lines.append(row("HBM time, ms", roof(lambda r: _figure(r.memory_seconds * 1e3))))
-    lines.append(row("bound", roof(lambda r: r.bound)))
-    lines.append(
-        row("images/s per chip", roof(lambda r: _rate(config.batch_size / r.seconds / plan.chips)))
-    )  # noqa: E501
-    lines.append(
-        row(f"images/s, {plan.chips} chips", roof(lambda r: _rate(config.batch_size / r.seconds)))
-    )  # noqa: E501
-    lines.append(
-        row(
-            "XLA's own step estimate, ms",
-            analysed(
-                lambda s: _figure(
-                    None
-                    if s.analysis.costs.optimal_seconds is None
-                    else s.analysis.costs.optimal_seconds * 1e3
-                )
-            ),
-        )
-    )  # noqa: E501
-    lines.append(
-        row(
-            "all-reduce, MB per chip",
-            analysed(lambda s: _figure(s.analysis.hlo.all_reduce_bytes / 1e6)),
-        )
-    )  # noqa: E501
-    schedule = plan.schedule
-    lines += [
+            f"of {chip['usable_hbm_gib']} GiB usable",
+            "hbm_bytes_per_chip",
+            lambda v: f"{v / (chip['usable_hbm_gib'] * 2**30):.1%}",
+        ),
+        *(f"  compiler: {s['out_of_memory']}" for s in steps_ if s and "out_of_memory" in s),
         "",
-        f"Schedule: {schedule.total_steps:,} train steps ({schedule.steps_per_epoch:,} per epoch)"
-        f" and {plan.evaluations} evaluations of {plan.eval_batches} eval steps: at least "
-        f"{_duration(plan.schedule_seconds())} at the roofline (no per-step overhead, input or "
-        "chip-to-chip time)",
+        f"Verdict: {'FITS' if result['fits'] else 'DOES NOT FIT'} in "
+        f"{chip['usable_hbm_gib']} GiB of HBM per chip",
+        "",
+        header("Per image (slice total / batch)"),
+        *(row(label, key, scaled(k, f), costs=True) for label, key, k, f in _COST_ROWS),
+        "",
+        header("Roofline per step")
+        + f"   ({chip['bf16_tflops']:g} bf16 TFLOP/s, {chip['hbm_gbps']:,.0f} GB/s HBM per chip)",
+        *(row(label, key, scaled(k, f)) for label, key, k, f in _ROOFLINE_ROWS),
+        "",
+        f"Schedule: {schedule['total_steps']:,} train steps ({schedule['steps_per_epoch']:,} per "
+        f"epoch) and {schedule['evaluations']} evaluations of {schedule['eval_steps_each']} eval "
+        f"steps: at least {_duration(schedule['roofline_seconds'])} at the roofline (no per-step "
+        "overhead, input or chip-to-chip time)",
+        "",
+        "Notes:",
+        *(f"  - {note}" for note in notes),
     ]
-    notes = caveats(plan) + [
-        "the all-reduce (gradients and metrics) crosses the chip-to-chip links: not in the "
-        "HBM figures or the roofline"
-    ]
-    lines += ["", "Notes:"] + [f"  - {note}" for note in notes]
     return "\n".join(lines)
-
-
-def _set_compile_environment(slice_: tpu_slices.Slice) -> None:
-    """JAX on the CPU, libtpu as a compiler only (``tpu_slices.compile_environment``)."""
-    environment = tpu_slices.compile_environment(slice_)
-    os.environ["JAX_PLATFORMS"] = environment.pop("JAX_PLATFORMS")
-    for name, value in environment.items():
-        os.environ.setdefault(name, value)
-    import jax
-
-    jax.config.update("jax_platforms", "cpu")
 
 
 def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config_validation.validate(config)
     slice_ = tpu_slices.parse(_TOPOLOGY.value)
-    _set_compile_environment(slice_)
+    tpu_slices.enter_compile_environment(slice_)
     from nin_jax import planning
 
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
@@ -307,32 +292,25 @@ def main(argv: list[str]) -> None:
         search = planning.largest_batch(config, slice_, _NUM_SLICES.value)
         tried = ", ".join(f"{b:,} {'fits' if ok else 'no'}" for b, ok in search.tried)
         if search.best is None:
-            print(f"largest global batch: none fits (tried {tried})")
+            print(f"Largest global batch that fits: none (tried {tried})")
             cli.fail(f"{config_file} does not fit on {slice_.name} even at one image per chip")
-        plan = search.best
-        print(table(plan, config_file))
-        cap = (
-            f" (the training split's {search.capped_by_split:,} examples cap it)"
-            if search.capped_by_split
-            else ""
-        )
-        print(f"\nLargest global batch that fits: {plan.config.batch_size:,}{cap}; tried {tried}")
-        print(json.dumps({**record(plan, config_file, overrides), "max_batch": True}))
+        result = record(search.best, config_file, overrides)
+        print(table(result, caveats(search.best)))
+        cap = search.capped_by_split
+        limit = f" (the training split's {cap:,} examples are the limit)" if cap else ""
+        print(f"\nLargest global batch that fits: {result['batch_size']:,}{limit}; tried {tried}")
+        print(json.dumps({**result, "max_batch": True}))
         return
     plan = planning.plan(config, slice_, _NUM_SLICES.value)
-    print(table(plan, config_file))
-    print(json.dumps(record(plan, config_file, overrides)))
+    result = record(plan, config_file, overrides)
+    print(table(result, caveats(plan)))
+    print(json.dumps(result))
     sys.stdout.flush()
     if not plan.fits:
-        worst = max(
-            (s for s in (plan.train, plan.eval) if s is not None), key=lambda s: s.hbm_bytes or 0
-        )
-        needed = (
-            "more than it has" if worst.hbm_bytes is None else f"{worst.hbm_bytes / 2**30:.2f} GiB"
-        )
+        need = max(step["hbm_bytes_per_chip"] or 0 for step in (result["train"], result["eval"]))
         cli.fail(
-            f"{config_file} does not fit on {slice_.name}: a step needs {needed} of the "
-            f"{slice_.chip.usable_hbm_gib} GiB of HBM per chip (DOES NOT FIT)"
+            f"{config_file} does not fit on {slice_.name}: a step needs {need / 2**30:.2f} GiB "
+            f"of the {slice_.chip.usable_hbm_gib} GiB of HBM per chip (DOES NOT FIT)"
         )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 
 from nin_jax.errors import ConfigError, NinError
 
@@ -167,6 +168,22 @@ def compile_environment(slice_: Slice) -> dict[str, str]:
             ALLOW_MULTIPLE_LIBTPU_LOAD="1",
         )
     return environment
+
+
+def enter_compile_environment(slice_: Slice) -> None:
+    """Sets ``compile_environment`` in this process (the user's TPU settings kept), before its
+    first TPU topology; JAX's backend becomes the CPU unless it already started otherwise."""
+    environment = compile_environment(slice_)
+    os.environ["JAX_PLATFORMS"] = environment.pop("JAX_PLATFORMS")
+    for name, value in environment.items():
+        os.environ.setdefault(name, value)
+    if "jax" in sys.modules:  # Imported: its platforms were read from the environment then.
+        import jax
+
+        try:
+            jax.config.update("jax_platforms", "cpu")
+        except RuntimeError:  # Its backends started: compiling for the slice works regardless.
+            pass
 
 
 def compile_only_devices(slice_: Slice, num_slices: int = 1) -> list:

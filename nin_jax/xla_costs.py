@@ -47,9 +47,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return (
-            self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
-        )
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
 
 
 @dataclasses.dataclass(frozen=True)
