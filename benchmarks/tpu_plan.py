@@ -7,25 +7,21 @@
 Runs ``python -m nin_jax.aot --config=configs/RECIPE.py --topology=SLICE`` for each
 recipe of configs/ and each slice (``--topologies``), one process each, and keeps
 each JSON line in ``--results`` (benchmarks/tpu_plan.jsonl), so an interrupted run
-resumes where it stopped, and JAX's compilation cache (``~/.cache/nin_jax_aot``)
-keeps the compiled steps, so a rerun after a change compiles only what changed.
-Then replaces the part of docs/TPU.md between the ``<!-- tpu_plan -->`` markers
-with the table. Needs libtpu (``pip install -e
-'.[tpu]'``); each full-size step takes a minute or more to compile on 2 cores.
+resumes where it stopped (JAX's compilation cache cannot help: it does not read
+back executables compiled for compile-only TPU devices). Then replaces the part
+of docs/TPU.md between the ``<!-- tpu_plan -->`` markers with the table. Needs
+libtpu (``pip install -e '.[tpu]'``); each full-size step takes a minute or more
+to compile on 2 cores.
 """
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOPOLOGIES = ("v5e-8", "v4-8", "v5p-8", "v6e-8", "v4-32")
-# Unchanged steps are read back from JAX's compilation cache (the same figures, tested).
-CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-CACHE = CACHE / "nin_jax_aot"
 BEGIN, END = "<!-- tpu_plan -->", "<!-- /tpu_plan -->"
 
 
@@ -50,9 +46,7 @@ def compile_one(recipe: str, topology: str) -> dict:
         sys.executable, "-m", "nin_jax.aot", f"--config=configs/{recipe}.py",
         f"--topology={topology}",
     ]  # fmt: skip
-    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))
-    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     lines = out.stdout.strip().splitlines()
     if out.returncode not in (0, 2) or not lines or not lines[-1].startswith("{"):
         raise RuntimeError(f"{' '.join(command)} failed ({out.returncode}):\n{out.stderr[-3000:]}")

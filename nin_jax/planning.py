@@ -10,9 +10,11 @@ global batch that fits. Every figure is the compiler's estimate for the jax,
 jaxlib and libtpu versions named in ``versions()``, not a measurement.
 """
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -135,11 +137,24 @@ def versions() -> dict[str, str]:
     return found
 
 
+@contextlib.contextmanager
+def no_compilation_cache() -> Iterator[None]:
+    """JAX's persistent compilation cache off: it cannot read back an executable compiled for
+    compile-only devices (libtpu 0.0.42: 'PjRtCompiler must be constructed with a Client')."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+
+
 def compile_step(lowered_fn, *args) -> StepPlan:
     """Lowers and compiles ``lowered_fn(*args)``; a compile-time out-of-memory is a verdict."""
     start = time.perf_counter()
     try:
-        compiled = lowered_fn.lower(*args).compile()
+        with no_compilation_cache():
+            compiled = lowered_fn.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:
         oom = xla_costs.out_of_memory(e)
         if oom is None:
