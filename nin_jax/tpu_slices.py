@@ -10,8 +10,11 @@ docs/TPU.md.
 """
 
 import dataclasses
+import glob
+import importlib.util
 import math
 import os
+import pathlib
 import re
 import sys
 
@@ -140,9 +143,39 @@ def parse(name: str) -> Slice:
     )
 
 
+_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips; also Google's network cards (then: "attached").
+
+
 def tpu_attached() -> bool:
-    """Whether this machine has TPU chips (their device files), so libtpu may be in use."""
-    return bool(_device_files("/dev", r"accel\d+") or _device_files("/dev/vfio", r"\d+"))
+    """Whether this machine may have TPU chips: their device files (/dev/accel*, v4; /dev/vfio/*,
+    v5p and later) or a PCI device of Google's. Errs towards yes."""
+    if _device_files("/dev", r"accel\d+") or _device_files("/dev/vfio", r"\d+"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if pathlib.Path(vendor).read_text().strip() == _GOOGLE_PCI_VENDOR:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def skip_absent_tpu() -> bool:
+    """Makes the CPU JAX's platform where libtpu is installed but nothing it could drive is:
+    no TPU (``tpu_attached``), no other accelerator plugin, ``JAX_PLATFORMS`` unset. JAX would
+    otherwise start libtpu at its first device query, print its warnings and fall back to the
+    CPU (docs/TPU.md, "CPU machines"). Call before JAX's first device query; returns whether
+    it changed anything."""
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return False
+    if importlib.util.find_spec("jax_plugins") is not None or tpu_attached():  # GPU plugins.
+        return False
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # Imported: it read the environment then.
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
+    return True
 
 
 def _device_files(directory: str, pattern: str) -> list[str]:

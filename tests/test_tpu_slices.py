@@ -69,3 +69,36 @@ def test_compile_environment_without_a_tpu(monkeypatch):
     assert env["TPU_ACCELERATOR_TYPE"] == "v4-32"
     monkeypatch.setattr(tpu_slices, "tpu_attached", lambda: True)  # A TPU VM: libtpu's own.
     assert tpu_slices.compile_environment(tpu_slices.parse("v4-32")) == {"JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture
+def libtpu_without_a_tpu(monkeypatch):
+    """This machine as one with libtpu installed, no TPU chip and no GPU plugin."""
+    real = tpu_slices.importlib.util.find_spec
+    installed = {"libtpu": object(), "jax_plugins": None}
+    monkeypatch.setattr(
+        tpu_slices.importlib.util,
+        "find_spec",
+        lambda n: installed[n] if n in installed else real(n),
+    )
+    monkeypatch.setattr(tpu_slices, "tpu_attached", lambda: False)
+    monkeypatch.delenv("JAX_PLATFORMS")
+    return installed
+
+
+def test_cpu_machines_skip_libtpu(libtpu_without_a_tpu):
+    assert tpu_slices.skip_absent_tpu()
+    assert tpu_slices.os.environ["JAX_PLATFORMS"] == "cpu"
+
+
+def test_tpu_vms_gpu_machines_and_explicit_platforms_keep_jax_s_choice(
+    libtpu_without_a_tpu, monkeypatch
+):
+    monkeypatch.setattr(tpu_slices, "tpu_attached", lambda: True)
+    assert not tpu_slices.skip_absent_tpu()
+    monkeypatch.setattr(tpu_slices, "tpu_attached", lambda: False)
+    libtpu_without_a_tpu["jax_plugins"] = object()  # e.g. jax_plugins.xla_cuda12
+    assert not tpu_slices.skip_absent_tpu()
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu,cpu")
+    assert not tpu_slices.skip_absent_tpu()
+    assert tpu_slices.os.environ["JAX_PLATFORMS"] == "tpu,cpu"
