@@ -132,6 +132,8 @@ def record(plan, config_file: str, overrides: dict) -> dict:
         "train": step_record(plan, plan.train),
         "eval": step_record(plan, plan.eval),
         "schedule": {
+            "train_examples": plan.train_examples,
+            "eval_examples": plan.eval_examples,
             "total_steps": plan.schedule.total_steps,
             "steps_per_epoch": plan.schedule.steps_per_epoch,
             "evaluations": plan.evaluations,

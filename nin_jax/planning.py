@@ -63,6 +63,8 @@ class Roofline:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """A config compiled for ``num_slices`` x ``slice``: its steps and what follows from them."""
+
     config: ml_collections.ConfigDict
     slice: tpu_slices.Slice
     num_slices: int
@@ -81,10 +83,6 @@ class Plan:
     @property
     def hosts(self) -> int:
         return self.slice.hosts * self.num_slices
-
-    @property
-    def usable_hbm(self) -> int:
-        return int(self.slice.chip.usable_hbm_gib * 2**30)
 
     @property
     def fits(self) -> bool:
