@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from nin_jax import cli, config_validation, ensemble, models, optimizer, steps
+from nin_jax import cli, config_validation, models, programs, steps
 
 PARTS = ("step", "input", "loop")
 # (image shape, classes) of each dataset, as its TFDS builder declares them, and the
@@ -111,9 +111,8 @@ def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: i
     """Compile time and images/s of the jitted train and eval steps."""
     shape, num_classes, _ = DATASETS[config.dataset]
     mesh = steps.create_mesh(config.num_models)
-    model = models.from_config(config, num_classes)
-    _, tx = optimizer.create(config, steps_per_epoch=max(1, num_steps), total_steps=10**6)
-    state, dropout_rng = ensemble.create_state(config, model, shape, tx, mesh)
+    run = programs.build(config, mesh, num_classes, shape, max(1, num_steps), total_steps=10**6)
+    state, dropout_rng = run.init()
     batch_size = config.batch_size // jax.process_count()
     split = synthetic_split(config, 4 * batch_size)
     host_batch = {key: value[:batch_size] for key, value in split.items()}
@@ -125,8 +124,7 @@ def benchmark_steps(config: ml_collections.ConfigDict, num_steps: int, warmup: i
         train_input = host_batch
     train_batch = steps.to_global(train_input, mesh)
     eval_batch = steps.to_global({**host_batch, "mask": np.ones(batch_size, np.float32)}, mesh)
-    inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
-    jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
+    jit_train, jit_eval = run.train, run.eval
 
     start = time.perf_counter()
     train_fn = jit_train.lower(state, train_batch, dropout_rng, stats, table).compile()

@@ -5,7 +5,9 @@ fix) becomes one ``error: ...`` line on stderr and exit code 2, a stopped run
 (SIGTERM, Ctrl-C) exits 143 or 130 after saying where its checkpoint is, and
 anything else is a bug and keeps its traceback. ``--config`` overrides are
 checked in the same way, and ``--config.FIELD=None`` unsets an optional field
-(one declared with ``ml_collections.config_dict.placeholder``).
+(one declared with ``ml_collections.config_dict.placeholder``). On a machine
+with libtpu but no TPU, JAX runs on the CPU without starting libtpu
+(``tpu_slices.skip_absent_tpu``).
 """
 
 import functools
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_dict
 
-from nin_jax import errors
+from nin_jax import errors, tpu_slices
 
 _UNSET = "None"
 
@@ -128,4 +130,5 @@ def run(main: Callable[[list[str]], None], positional: bool = False, quiet: bool
     ``positional``: whether ``main`` takes arguments besides the flags (e.g. file
     names). ``quiet``: log errors only (the tools, whose output is their result).
     """
+    tpu_slices.skip_absent_tpu()
     app.run(functools.partial(_guarded, main, positional, quiet), flags_parser=parse_flags)

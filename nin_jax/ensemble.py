@@ -17,6 +17,7 @@ axis and the batch over 'data'; otherwise everything is on 'data'. With K = 1
 nothing is stacked: checkpoints and results are those of a single model.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -51,22 +52,22 @@ def model_hyperparameters(config: ml_collections.ConfigDict) -> list[dict[str, A
     ]
 
 
-def create_state(
+def state_initializer(
     config: ml_collections.ConfigDict,
     model: models.NIN,
     image_shape: tuple[int, ...],
     tx: optax.GradientTransformation,
     mesh: Mesh,
-) -> tuple[steps.TrainState, jax.Array]:
-    """The initial train state, placed on ``mesh``, and the dropout key(s).
+) -> Callable[[], tuple[steps.TrainState, jax.Array]]:
+    """A jitted function of no arguments returning the initial train state and the dropout
+    key(s), placed on ``mesh`` (``jax.eval_shape`` of it: their shapes and shardings).
 
     One model: ``split(key(init_seed))``, unstacked. K models: model k's keys are
     ``split(key(init_seed + k))`` and the state is stacked on a leading axis, each
     model's swept hyperparameters set in it.
     """
-    keys = jnp.stack([jax.random.split(jax.random.key(seed)) for seed in init_seeds(config)])
-    params_rngs, dropout_rngs = keys[:, 0], keys[:, 1]
-    values = {name: jnp.asarray(v, jnp.float32) for name, v in swept(config).items()}
+    seeds = init_seeds(config)
+    values = {name: np.asarray(v, np.float32) for name, v in swept(config).items()}
 
     def create_one(rng: jax.Array, hyperparameters: dict[str, jax.Array]) -> steps.TrainState:
         state = steps.create_train_state(rng, model, image_shape, tx)
@@ -79,13 +80,28 @@ def create_state(
             state = state.replace(dropout_rate=hyperparameters["dropout_rate"])
         return state
 
+    def create() -> tuple[steps.TrainState, jax.Array]:
+        keys = jnp.stack([jax.random.split(jax.random.key(seed)) for seed in seeds])
+        params_rngs, dropout_rngs = keys[:, 0], keys[:, 1]
+        if config.num_models == 1:
+            first = {name: v[0] for name, v in values.items()}
+            return create_one(params_rngs[0], first), dropout_rngs[0]
+        return jax.vmap(create_one)(params_rngs, values), dropout_rngs
+
     sharding = steps.state_sharding(mesh, config.num_models)
-    if config.num_models == 1:
-        first = {name: v[0] for name, v in values.items()}
-        state = jax.jit(create_one, out_shardings=sharding)(params_rngs[0], first)
-        return state, dropout_rngs[0]
-    state = jax.jit(jax.vmap(create_one), out_shardings=sharding)(params_rngs, values)
-    return state, jax.device_put(dropout_rngs, sharding)
+    return jax.jit(create, out_shardings=(sharding, sharding))
+
+
+def create_state(
+    config: ml_collections.ConfigDict,
+    model: models.NIN,
+    image_shape: tuple[int, ...],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+) -> tuple[steps.TrainState, jax.Array]:
+    """The initial train state, placed on ``mesh``, and the dropout key(s)
+    (``state_initializer``'s)."""
+    return state_initializer(config, model, image_shape, tx, mesh)()
 
 
 def results(config: ml_collections.ConfigDict, metrics: dict[str, Any]) -> dict[str, Any]:

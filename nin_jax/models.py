@@ -16,7 +16,9 @@ Convolutions have two implementations with one parameter tree
   and select-and-scatter.
 
 ``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
-elsewhere, so a checkpoint moves between CPU and accelerators unchanged.
+elsewhere, so a checkpoint moves between CPU and accelerators unchanged; the
+backend is that of the devices the model will run on (``from_config``'s
+``platform``: a TPU when compiling for one from a CPU machine), by default JAX's.
 """
 
 import math
@@ -78,10 +80,12 @@ KERNEL_INITS = {
 }
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """Maps ``'auto'`` to the fastest implementation for the default backend."""
+def resolve_conv_impl(conv_impl: str, platform: str | None = None) -> str:
+    """Maps ``'auto'`` to the fastest implementation on ``platform`` ('cpu', 'gpu', 'tpu'; the
+    platform of the devices the model runs on; default: JAX's default backend)."""
     if conv_impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "xla"
+        platform = jax.default_backend() if platform is None else platform
+        return "matmul" if platform == "cpu" else "xla"
     if conv_impl not in ("xla", "matmul"):
         raise ValueError(f"conv_impl must be 'auto', 'xla' or 'matmul', got {conv_impl!r}")
     return conv_impl
@@ -290,6 +294,12 @@ class NIN(nn.Module):
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def from_config(config, num_classes: int) -> NIN:
-    """The NIN of ``config.model`` computing in ``config.dtype`` (an ml_collections config)."""
-    return NIN(num_classes=num_classes, dtype=DTYPES[config.dtype], **config.model.to_dict())
+def from_config(config, num_classes: int, platform: str | None = None) -> NIN:
+    """The NIN of ``config.model`` computing in ``config.dtype`` (an ml_collections config).
+
+    ``platform``: where it will run (``resolve_conv_impl``), when that is not JAX's default
+    backend (e.g. compiling for a TPU on a CPU machine, ``nin_jax.aot``).
+    """
+    fields = config.model.to_dict()
+    fields["conv_impl"] = resolve_conv_impl(fields["conv_impl"], platform)
+    return NIN(num_classes=num_classes, dtype=DTYPES[config.dtype], **fields)

@@ -15,6 +15,8 @@ float32, and none of its time goes into per-image arithmetic. The training
 step, the evaluation step, the tools and the benchmark all call ``apply``.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +84,16 @@ def local_contrast_normalize(images: jax.Array) -> jax.Array:
     local_std = jnp.sqrt(_blur(jnp.square(centered)))
     image_mean_std = jnp.mean(local_std, axis=(1, 2), keepdims=True)
     return centered / jnp.maximum(jnp.maximum(local_std, image_mean_std), LCN_THRESHOLD)
+
+
+def stats_shapes(name: str, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The shapes of the float32 statistics ``apply`` takes for preprocessing ``name``."""
+    if name == "standardize":
+        return {"mean": image_shape[-1:], "std": image_shape[-1:]}
+    if name == "gcn_zca":
+        dim = math.prod(image_shape)
+        return {"mean": (dim,), "whitening": (dim, dim)}
+    return {}  # 'lcn'
 
 
 def apply(name: str, stats: Stats, images: jax.Array) -> jax.Array:

@@ -13,13 +13,14 @@ arguments.
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -34,16 +35,25 @@ def model_axis_size(num_models: int, num_devices: int) -> int:
     return math.gcd(num_models, num_devices)
 
 
-def create_mesh(num_models: int = 1) -> Mesh:
-    """A ('data', 'model') mesh over every device of every process.
+def create_mesh(num_models: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh over ``devices`` (default: every device of every process).
 
     'data' is the outer axis, so each process's devices hold a contiguous block
     of the global batch (the rows its input pipeline yields) for every model.
+    Over several TPU slices (devices of distinct ``slice_index``) 'data' spans
+    them, each slice one block: the gradients cross between slices once per step.
     """
-    devices = jax.device_count()
-    models = model_axis_size(num_models, jax.local_device_count())
-    auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh((devices // models, models), ("data", "model"), axis_types=(auto, auto))
+    devices = jax.devices() if devices is None else list(devices)
+    local = sum(d.process_index == devices[0].process_index for d in devices)
+    models = model_axis_size(num_models, local)
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        per_slice = (len(devices) // slices // models, models)
+        grid = mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1), devices)
+        return Mesh(grid, ("data", "model"), axis_types=auto)
+    shape = (len(devices) // models, models)
+    return jax.make_mesh(shape, ("data", "model"), axis_types=auto, devices=devices)
 
 
 def state_sharding(mesh: Mesh, num_models: int) -> NamedSharding:

@@ -34,9 +34,8 @@ from nin_jax import (
     ensemble,
     health,
     input_pipeline,
-    models,
-    optimizer,
     profiling,
+    programs,
     reporting,
     shutdown,
     splits,
@@ -260,12 +259,13 @@ def train_and_evaluate(
         schedule = Schedule.from_config(config, len(data.train))
 
         mesh = steps.create_mesh(config.num_models)
-        model = models.from_config(config, data.info.num_classes)
-        learning_rate_fn, tx = optimizer.create(
-            config, schedule.steps_per_epoch, schedule.total_steps
-        )
+        run = programs.build(
+            config, mesh, data.info.num_classes, data.info.image_shape,
+            schedule.steps_per_epoch, schedule.total_steps,
+        )  # fmt: skip
+        learning_rate_fn = run.learning_rate_fn
         manager = stack.enter_context(checkpointing.create_manager(workdir, config))
-        initial, dropout_rng = ensemble.create_state(config, model, data.info.image_shape, tx, mesh)
+        initial, dropout_rng = run.init()
         state = checkpointing.restore_or_keep(manager, initial)
         start_step = current_step(state)
         num_params = sum(x.size for x in jax.tree.leaves(state.params)) // config.num_models
@@ -286,8 +286,7 @@ def train_and_evaluate(
                 num_models=config.num_models,
             )
         )
-        inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
-        jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
+        jit_train, jit_eval = run.train, run.eval
         stats, table = device_inputs(config, data, mesh)
         num_eval_batches = input_pipeline.num_eval_batches(data.eval_total, config.batch_size)
 

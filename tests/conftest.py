@@ -6,6 +6,10 @@ import tempfile
 
 # No metadata-server probes from TF's GCS client: tests stay on loopback.
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# The tests run on the CPU (several fake devices at most; the AOT tests compile for TPU slices
+# without one). JAX would otherwise initialise libtpu, where the `tpu` extra installed it, at
+# its first device query: in every test process, for nothing (docs/TPU.md, "CPU machines").
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile the same tiny programs many times, in this process and in subprocesses
 # (which inherit the environment): share them through JAX's persistent cache.
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "nin_jax_test_compile_cache")
