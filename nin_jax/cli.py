@@ -16,6 +16,7 @@ tens of seconds on a loaded machine) and has nothing left to save by then.
 import atexit
 import difflib
 import functools
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable
@@ -176,10 +177,11 @@ def _guarded(
 ) -> None:
     if len(argv) > 1 and not positional:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if quiet:
-        from absl import logging
+    from absl import logging
 
+    if quiet:
         logging.set_verbosity(logging.ERROR)
+    logging.get_absl_handler().addFilter(_not_library_info)
     try:
         main(argv)
     except errors.NinError as e:
@@ -193,6 +195,12 @@ def _guarded(
         _flush_logs()
         print("interrupted (Ctrl-C): stopped without saving", file=sys.stderr)
         sys.exit(errors.EXIT_CODE_INTERRUPTED)
+
+
+def _not_library_info(record: std_logging.LogRecord) -> bool:
+    """Keeps Orbax's INFO chatter (several lines per checkpoint saved or read) out of the
+    log; its warnings and errors still show."""
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _flush_logs() -> None:
