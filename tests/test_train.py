@@ -47,6 +47,9 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, digits_data_dir):
     first, second = results["sessions"]
     assert (first["start_step"], first["end_step"], second["start_step"]) == (0, 3, 3)
     assert second["schedule_changes"] == {"num_train_steps": [3, 6]}
+    _, again = train.train_and_evaluate(config, str(tmp_path / "resumed"))  # Evaluates only.
+    assert again["sessions"] == results["sessions"] and again["train_steps"] == 6
+    assert again["images_per_sec"] == results["images_per_sec"] > 0
 
     uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / "straight"))
     for a, b in zip(params_of(resumed), params_of(uninterrupted), strict=True):
