@@ -5,8 +5,9 @@
 NIN's last mlpconv block outputs one non-negative map per class, and the logits
 are their spatial averages, so each map shows where the network sees that class.
 Without image arguments the first --num_images examples of the config's eval
-split are shown with their true class (framed in green); the predicted class's
-title is red. Writes WORKDIR/class_maps.png (or --output).
+split are shown with their true class (framed in green); image files are shown
+under their file names. The predicted class's title is red. Writes
+WORKDIR/class_maps.png (or --output).
 """
 
 import os
@@ -21,6 +22,7 @@ FLAGS = flags.FLAGS
 CELL_INCHES = 1.2
 HEADER_INCHES = 0.6
 DPI = 100
+MAX_NAME = 16  # Characters of a file name over its image (a cell is 1.2 inches wide).
 
 
 def figure_size(rows: int, maps: int) -> tuple[float, float]:
@@ -35,6 +37,17 @@ def shown_classes(scores: np.ndarray, max_maps: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:max_maps]
 
 
+def row_title(label: int | None, source: str | None, predicted: str, class_names) -> str:
+    """The title over a row's image: its true class (an eval example) or its file's name
+    (``source``; long names keep their end), then the predicted class."""
+    if label is not None:
+        first = f"true {class_names[label]}"
+    else:
+        name = os.path.basename(source) if source else "?"
+        first = name if len(name) <= MAX_NAME else "..." + name[-(MAX_NAME - 3) :]
+    return f"{first}\npred {predicted}"
+
+
 def render(
     images: np.ndarray,
     maps: np.ndarray,
@@ -43,8 +56,10 @@ def render(
     max_maps: int,
     title: str,
     output: str,
+    sources: list[str] | None = None,
 ) -> None:
-    """One row per image: the input, then its class maps on a per-row colour scale."""
+    """One row per image: the input, then its class maps on a per-row colour scale.
+    ``sources``: the file of each row without a label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,11 +71,13 @@ def render(
         len(images), 1 + num_maps, figsize=figure_size(len(images), num_maps), dpi=DPI,
         squeeze=False,
     )  # fmt: skip
-    for row, (image, image_maps, label) in enumerate(zip(images, maps, labels, strict=True)):
+    sources = sources or [None] * len(images)
+    rows = zip(images, maps, labels, sources, strict=True)
+    for row, (image, image_maps, label, source) in enumerate(rows):
         predicted = int(scores[row].argmax())
         axes[row, 0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-        truth = "?" if label is None else class_names[label]
-        axes[row, 0].set_title(f"true {truth}\npred {class_names[predicted]}", fontsize=7)
+        heading = row_title(label, source, class_names[predicted], class_names)
+        axes[row, 0].set_title(heading, fontsize=7)
         vmax = max(float(image_maps.max()), 1e-6)
         for col, cls in enumerate(shown_classes(scores[row], num_maps), 1):
             ax = axes[row, col]
@@ -124,7 +141,8 @@ def run(
         pixels, labels = eval_examples(trained, num_images, data_dir)
     maps = trained.apply(pixels, method="class_maps", model=model).astype(np.float32)
     title = f"NIN class maps, {trained.config.dataset}, step {trained.step}"
-    render(pixels, maps, labels, trained.info.class_names, max_maps, title, output)
+    sources = paths or None
+    render(pixels, maps, labels, trained.info.class_names, max_maps, title, output, sources)
     return output
 
 

@@ -7,18 +7,20 @@ Several hosts: the same command on every host, plus ``--distributed`` (Cloud TPU
 pod slices, SLURM, Open MPI, Kubernetes: JAX finds the other processes) or
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 Exit codes: 0 done, 2 bad input, 130 stopped by Ctrl-C and 143 by SIGTERM (both
-after saving a checkpoint; rerun the same command to resume).
+after saving a checkpoint; rerun the same command to resume). Resuming a workdir
+with another schedule (``workdir.SCHEDULE_FIELDS``: steps, batch size, rates,
+seed ...) is refused unless --allow_schedule_change.
 """
-
-import logging as std_logging
 
 from absl import flags, logging
 from ml_collections import config_flags
 
 from nin_jax import cli, config_validation
+from nin_jax import workdir as workdir_lib
 
 # JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
-# command line and the config have been checked, so that a mistake is reported at once.
+# command line, the config and the workdir have been checked, so that a mistake is
+# reported at once.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -40,6 +42,12 @@ flags.DEFINE_list(
     "local_device_ids",
     None,
     "Devices this process uses (e.g. one GPU per process: --local_device_ids=0).",
+)
+flags.DEFINE_bool(
+    "allow_schedule_change",
+    False,
+    "Resume a workdir whose config.json has another schedule (steps, epochs, batch size, "
+    "learning-rate fields, splits, seeds) with this config's; logged and kept in runs.json.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -75,26 +83,21 @@ def initialize_distributed(arguments: dict) -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-def quiet_library_logs() -> None:
-    """Keeps Orbax's per-save INFO chatter out of the training log (warnings still show)."""
-    logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-    )
-
-
 def main(argv: list[str]) -> None:
     config = FLAGS.config
     config_validation.validate(config)
     distributed = distributed_arguments()
+    if distributed is None:  # One process: what taking the lock checks needs no JAX.
+        workdir_lib.check_available(FLAGS.workdir)
+    workdir_lib.check_compatible(FLAGS.workdir, config, FLAGS.allow_schedule_change)
     if distributed is not None:
         initialize_distributed(distributed)
-    quiet_library_logs()
 
     import jax
 
     from nin_jax import train
 
-    _, results = train.train_and_evaluate(config, FLAGS.workdir)
+    _, results = train.train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_schedule_change)
     if jax.process_index() == 0:
         for index, model in enumerate(results.get("models", [])):
             setting = ", ".join(f"{k} {v}" for k, v in model.items() if not k.startswith("test_"))

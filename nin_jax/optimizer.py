@@ -44,6 +44,21 @@ def create_learning_rate_fn(
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+def logged_learning_rate(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> Callable[[int], float | list[float]]:
+    """The learning rate after ``count`` updates as the training log reports it: the
+    config's schedule, or each model's when ``config.sweep`` gives per-model rates."""
+    peaks = config.sweep.learning_rate
+    if not len(peaks):
+        schedule = create_learning_rate_fn(config, steps_per_epoch, total_steps)
+        return lambda count: float(schedule(count))
+    schedules = [
+        create_learning_rate_fn(config, steps_per_epoch, total_steps, peak=peak) for peak in peaks
+    ]
+    return lambda count: [float(schedule(count)) for schedule in schedules]
+
+
 def kernels_only(params):
     """Weight decay mask: convolution and dense kernels yes, biases no."""
     return jax.tree_util.tree_map_with_path(

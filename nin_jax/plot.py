@@ -1,11 +1,16 @@
 """Training and evaluation curves of a workdir, from its metrics.jsonl, as one PNG.
 
 python -m nin_jax.plot --workdir=/tmp/nin_digits [--output=curves.png]
+
+A run of K models (config.num_models) gets one colour per model, from the
+``model_<k>/<metric>`` records, beside the models' mean (training) and their
+ensemble (evaluation) in black; swept learning rates show one curve per model.
 """
 
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from absl import flags
@@ -83,6 +88,68 @@ def series(curve: dict[int, dict[str, float]], key: str) -> tuple[np.ndarray, np
     return steps, np.array([curve[s][key] for s in steps], np.float64)
 
 
+class Line(NamedTuple):
+    """One curve of a panel: ``model`` k's, or (None) the run's own, mean or ensemble."""
+
+    label: str
+    split: str  # 'train' or 'eval'
+    model: int | None
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def num_models(curves: dict[str, dict[int, dict[str, float]]]) -> int:
+    """K of a K-model run (its records have ``model_<k>/loss``); 1 otherwise."""
+    keys = {key for curve in curves.values() for record in curve.values() for key in record}
+    count = 0
+    while f"model_{count}/loss" in keys:
+        count += 1
+    return max(count, 1)
+
+
+def panel_lines(
+    curves: dict[str, dict[int, dict[str, float]]], key: str, splits=("train", "eval")
+) -> list[Line]:
+    """The curves of ``key`` in ``splits``: per model when the records have them, then the
+    run's own (for K models: the mean over the models, or the ensemble's evaluation).
+    A per-model learning rate (a sweep) replaces the mean, which no model followed."""
+    count = num_models(curves)
+    lines = []
+    for split in splits:
+        curve = curves.get(split, {})
+        per_model = [series(curve, f"model_{k}/{key}") for k in range(count)] if count > 1 else []
+        for k, (steps, values) in enumerate(per_model):
+            if len(steps):
+                lines.append(Line(f"model {k} {split}", split, k, steps, values))
+        if key == "learning_rate" and any(len(steps) for steps, _ in per_model):
+            continue
+        steps, values = series(curve, key)
+        if len(steps):
+            own = {"train": "mean", "eval": "ensemble"}[split] if count > 1 else split
+            lines.append(Line(own, split, None, steps, values))
+    return lines
+
+
+def _draw(ax, lines: list[Line], scale: float = 1.0, styles=None) -> None:
+    """``lines`` on ``ax``: a colour per model (the run's own curves black when there are
+    models), a style per split (or per line, ``styles``)."""
+    for index, line in enumerate(lines):
+        style = styles[index] if styles else ("o-" if line.split == "eval" else "-")
+        if line.model is not None:
+            color = f"C{line.model % 10}"
+        else:
+            color = "black" if any(other.model is not None for other in lines) else None
+        ax.plot(
+            line.steps, line.values * scale, style, label=line.label, color=color,
+            markersize=3, linewidth=1.0 if line.model is not None else 1.5,
+        )  # fmt: skip
+
+
+def _norm_label(label: str, name: str) -> str:
+    """'train' -> 'grad norm', 'model 0 train' -> 'model 0 grad norm', 'mean' -> 'mean ...'."""
+    return label.replace("train", name) if "train" in label else f"{label} {name}"
+
+
 def render(curves: dict[str, dict[int, dict[str, float]]], title: str, output: str) -> None:
     """Loss, error, learning rate and norms against the step, in a 2x2 grid."""
     import matplotlib
@@ -90,34 +157,38 @@ def render(curves: dict[str, dict[int, dict[str, float]]], title: str, output: s
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    train, evaluation = curves.get("train", {}), curves.get("eval", {})
+    evaluation = curves.get("eval", {})
+    count = num_models(curves)
+    legend = {"fontsize": 7 if count > 1 else None, "ncol": 2 if count > 2 else 1}
     fig, axes = plt.subplots(2, 2, figsize=FIGSIZE, dpi=DPI)
     panels = [
-        (axes[0, 0], "loss", "cross-entropy loss", False),
-        (axes[0, 1], "error", "error (%)", True),
+        (axes[0, 0], "loss", "cross-entropy loss", 1.0),
+        (axes[0, 1], "error", "error (%)", 100.0),
     ]
-    for ax, key, label, percent in panels:
-        for name, curve, style in (("train", train, "-"), ("eval", evaluation, "o-")):
-            steps, values = series(curve, key)
-            if len(steps):
-                ax.plot(steps, values * (100 if percent else 1), style, label=name, markersize=3)
+    for ax, key, label, scale in panels:
+        _draw(ax, panel_lines(curves, key), scale)
         ax.set_ylabel(label)
-        ax.legend()
-    steps, lr = series(train, "learning_rate")
-    axes[1, 0].plot(steps, lr)
+        ax.legend(**legend)
+    rates = panel_lines(curves, "learning_rate", splits=("train",))
+    _draw(axes[1, 0], rates)
+    if len(rates) > 1:
+        axes[1, 0].legend(**legend)
     axes[1, 0].set_ylabel("learning rate")
-    for key in ("grad_norm", "param_norm"):
-        steps, values = series(train, key)
-        axes[1, 1].plot(steps, values, label=key.replace("_", " "))
+    for key, style in (("grad_norm", "-"), ("param_norm", "--")):
+        name = key.replace("_", " ")
+        lines = panel_lines(curves, key, splits=("train",))
+        named = [line._replace(label=_norm_label(line.label, name)) for line in lines]
+        _draw(axes[1, 1], named, styles=[style] * len(named))
     axes[1, 1].set_yscale("log")
     axes[1, 1].set_ylabel("global L2 norm")
-    axes[1, 1].legend()
+    axes[1, 1].legend(**legend)
     for ax in axes.flat:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     if evaluation:
         last = max(evaluation)
-        title += f"  (eval error {100 * evaluation[last]['error']:.2f}% at step {last})"
+        which = "ensemble eval error" if count > 1 else "eval error"
+        title += f"  ({which} {100 * evaluation[last]['error']:.2f}% at step {last})"
     fig.suptitle(title)
     fig.tight_layout()
     storage.write_figure(fig, output, DPI)

@@ -1,4 +1,5 @@
-"""A ``jax.profiler`` trace of a range of training steps, for TensorBoard's profile plugin.
+"""A ``jax.profiler`` trace of a range of training steps, for TensorBoard's profile plugin,
+and the time JAX spends compiling (``CompileTimer``).
 
 ``config.profile_steps = (first, last)`` traces steps ``first`` to ``last``
 (inclusive) into ``workdir/tensorboard/plugins/profile/<time>/``, where
@@ -10,6 +11,32 @@ includes the compilation.
 import jax
 from absl import logging
 from clu import periodic_actions
+
+# What jax.monitoring reports for each program JAX compiles: tracing to a jaxpr, lowering
+# to MLIR and XLA's compilation (or a persistent-cache lookup).
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileTimer:
+    """While entered, ``seconds`` adds up the time JAX spends compiling, in any thread."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def _record(self, event: str, duration: float, **metadata) -> None:
+        if event in COMPILE_EVENTS:
+            self.seconds += duration
+
+    def __enter__(self) -> "CompileTimer":
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._record)
 
 
 class ProfileSteps(periodic_actions.PeriodicAction):

@@ -33,7 +33,7 @@ def format_duration(seconds: float) -> str:
 
 def window_scalars(
     window: Sequence[dict[str, Any]],
-    learning_rate: float,
+    learning_rate: float | Sequence[float],
     images_per_sec: float,
     num_models: int = 1,
 ) -> dict[str, float]:
@@ -41,7 +41,8 @@ def window_scalars(
     (vector metrics, such as the per-class ones, are left to their consumers).
 
     With several models each metric has a leading model axis: model k's values go
-    under ``model_<k>/<name>`` and their mean under ``<name>``.
+    under ``model_<k>/<name>`` and their mean under ``<name>``; so does the learning
+    rate when it is given per model (a sweep).
     """
     scalar_ndim = 0 if num_models == 1 else 1
     scalars = {}
@@ -56,7 +57,9 @@ def window_scalars(
         for k in range(num_models):
             scalars[f"model_{k}/error"] = 1.0 - scalars[f"model_{k}/accuracy"]
     scalars["error"] = 1.0 - scalars["accuracy"]
-    scalars["learning_rate"] = float(learning_rate)
+    if np.ndim(learning_rate):
+        scalars.update({f"model_{k}/learning_rate": float(r) for k, r in enumerate(learning_rate)})
+    scalars["learning_rate"] = float(np.mean(learning_rate))
     scalars["images_per_sec"] = float(images_per_sec)
     return scalars
 
@@ -121,6 +124,12 @@ class Reporter:
         self._train_seconds, self._steps_timed = 0.0, 0
         self._latest: dict[str, float] = {}
 
+    @property
+    def timing(self) -> tuple[int, float]:
+        """(steps, seconds) of training timed so far, up to the last log point: without the
+        first step's compilation and without evaluations ((0, 0.0) off process 0)."""
+        return self._steps_timed, self._train_seconds
+
     def _eta(self) -> str:
         if not self._steps_timed:
             return "?"
@@ -155,8 +164,14 @@ class Reporter:
         )
         self._stream.flush()
 
-    def train(self, step: int, window: Sequence[dict[str, Any]], learning_rate: float) -> None:
-        """At a log point, with the window's per-step metrics already on the host."""
+    def train(
+        self,
+        step: int,
+        window: Sequence[dict[str, Any]],
+        learning_rate: float | Sequence[float],
+    ) -> None:
+        """At a log point, with the window's per-step metrics already on the host, and the
+        learning rate of its last step (one per model when the models' rates differ)."""
         if not self.active or not window:
             return
         self._synced = now = time.perf_counter()
@@ -172,7 +187,7 @@ class Reporter:
         logging.info(
             "epoch %.2f step %d/%d: loss %.4f accuracy %.4f lr %.4g, %.1f images/s, ETA %s",
             step / self._per_epoch, step, self._total, scalars["loss"], scalars["accuracy"],
-            learning_rate, scalars["images_per_sec"], self._eta(),
+            scalars["learning_rate"], scalars["images_per_sec"], self._eta(),
         )  # fmt: skip
 
     def eval(self, step: int, metrics: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ the process some seconds later; a user stops a run with Ctrl-C (SIGINT). Either
 way the training loop saves a checkpoint at the current step and raises
 ``errors.Stopped``, which ``nin_jax.cli`` turns into exit code 143 (SIGTERM) or
 130 (SIGINT). Rerunning the same command resumes from that step. A second
-Ctrl-C stops at once, without saving.
+Ctrl-C ends the process at once (``os._exit``, exit code 130), without saving: not
+even the save in progress is waited for, and the checkpoints saved before it stay.
 
 With the JAX distributed runtime, its preemption sync manager catches SIGTERM
 (on any process) and picks the first step no process has passed yet, so all
@@ -16,6 +17,7 @@ processes save the same step (``requested`` must be its only caller:
 
 import os
 import signal
+import sys
 import threading
 
 import jax
@@ -59,7 +61,7 @@ class StopSignals:
             "at once without saving)."
         )
         self._received = signal.SIGINT
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _stop_at_once)
         if jax.distributed.is_initialized():  # Let the runtime agree on the step with the others.
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -68,6 +70,11 @@ class StopSignals:
         if jax.distributed.is_initialized():
             return multihost_utils.reached_preemption_sync_point(step)
         return self._received is not None
+
+    @property
+    def ended(self) -> str:
+        """How a stopped run ended, for its record: 'interrupted' (Ctrl-C) or 'preempted'."""
+        return "interrupted" if self._received == signal.SIGINT else "preempted"
 
     def stopped(self, step: int, checkpoint_dir: str) -> Stopped:
         """The exception to raise once the checkpoint of ``step`` is saved."""
@@ -87,3 +94,10 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _stop_at_once(signum, frame) -> None:
+    """The second Ctrl-C: one line, then exit 130 without waiting for anything."""
+    logging.flush()
+    print("interrupted again: stopped without saving", file=sys.stderr, flush=True)
+    os._exit(EXIT_CODE_INTERRUPTED)

@@ -2,17 +2,21 @@
 
 It validates the config, takes the workdir's lock, loads the data, builds the
 model, optimizer and jitted steps (``nin_jax.steps``), resumes from the newest
-checkpoint, and trains. Periodic work (log, evaluate, checkpoint, profile) is a
+checkpoint (refusing one of another schedule unless asked), and trains. Periodic
+work (log, evaluate, checkpoint, profile) is a
 list of ``clu.periodic_actions`` run after every step; the step's metrics stay
 on the device until a log point or a checkpoint needs them, and each window of
 them is fetched and checked for NaN/Inf once. Every way out (done, error,
 preemption, Ctrl-C) leaves through one ``ExitStack`` that closes the checkpoint
 manager (waiting for its saves), the metrics writers, the signal handlers, the
-profiler and the lock.
+profiler and the lock. A session that trains (to the end, or to a stop signal) adds
+its record to ``workdir/runs.json``; ``results.json`` holds the final evaluation
+with every session's record and their totals.
 """
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -34,6 +38,7 @@ from nin_jax import (
     ensemble,
     health,
     input_pipeline,
+    optimizer,
     profiling,
     programs,
     reporting,
@@ -214,16 +219,56 @@ def device_inputs(config: ml_collections.ConfigDict, data: Data, mesh) -> tuple[
     return stats, steps.replicate({"image": data.train.images, "label": data.train.labels}, mesh)
 
 
+def session_record(
+    start_step: int,
+    end_step: int,
+    timing: tuple[int, float],
+    compile_seconds: float,
+    batch_size: int,
+    ended: str,
+    started: str,
+    schedule_changes: dict[str, tuple[Any, Any]],
+) -> dict[str, Any]:
+    """One training session's entry of ``runs.json``: its steps, its training time
+    without compilation or evaluations (``timing``: the reporter's (steps, seconds)),
+    the time JAX spent compiling, and how it ended."""
+    timed_steps, seconds = timing
+    record = {
+        "started": started,
+        "start_step": start_step,
+        "end_step": end_step,
+        "ended": ended,
+        "train_seconds": round(seconds, 3),
+        "compile_seconds": round(compile_seconds, 3),
+        "images_per_sec": round(timed_steps * batch_size / seconds, 2) if seconds else None,
+        "devices": jax.device_count(),
+    }
+    if schedule_changes:
+        record["schedule_changes"] = {k: list(v) for k, v in schedule_changes.items()}
+    return record
+
+
+def session_totals(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sessions' steps, training and compile seconds, and images/s over all of them."""
+    seconds = sum(r["train_seconds"] for r in sessions)
+    images = sum(r["train_seconds"] * (r["images_per_sec"] or 0.0) for r in sessions)
+    return {
+        "train_steps": sum(r["end_step"] - r["start_step"] for r in sessions),
+        "train_seconds": round(seconds, 3),
+        "compile_seconds": round(sum(r["compile_seconds"] for r in sessions), 3),
+        "images_per_sec": round(images / seconds, 2) if seconds else None,
+    }
+
+
 def final_results(
     config: ml_collections.ConfigDict,
     state: TrainState,
     eval_metrics: Metrics,
-    steps_run: int,
-    train_seconds: float,
     num_params: int,
+    sessions: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """What ``results.json`` holds (for several models, also each model's and the ensemble's)."""
-    images_per_sec = round(steps_run * config.batch_size / train_seconds, 2) if steps_run else None
+    """What ``results.json`` holds: the final evaluation (for several models, also each
+    model's and the ensemble's), and the workdir's training sessions with their totals."""
     results = {
         "dataset": config.dataset,
         "step": current_step(state),
@@ -231,9 +276,8 @@ def final_results(
         "test_error": eval_metrics["error"],
         "test_loss": eval_metrics["loss"],
         "test_examples": eval_metrics["examples"],
-        "train_seconds": round(train_seconds, 3),
-        "steps_this_run": steps_run,
-        "images_per_sec": images_per_sec,
+        **session_totals(sessions),
+        "sessions": sessions,
         "num_params": int(num_params),
         "devices": jax.device_count(),
     }
@@ -243,16 +287,26 @@ def final_results(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, allow_schedule_change: bool = False
 ) -> tuple[TrainState, dict[str, Any]]:
     """Trains ``config`` (resuming from ``workdir``'s newest checkpoint), evaluates, saves.
 
-    Returns the final state and the results, also written to ``workdir/results.json``.
+    A workdir trained with other ``workdir.SCHEDULE_FIELDS`` is refused
+    (``WorkdirError``) unless ``allow_schedule_change``, which resumes with this
+    config's (logged, and kept in the session's record). Returns the final state and
+    the results, also written to ``workdir/results.json``.
     """
     config_validation.validate(config)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
     with contextlib.ExitStack() as stack:
+        compile_timer = stack.enter_context(profiling.CompileTimer())
         stack.enter_context(workdir_lib.WorkdirLock(workdir))
-        workdir_lib.check_compatible(workdir, config)
+        changes = workdir_lib.check_compatible(workdir, config, allow_schedule_change)
+        if changes:
+            logging.warning(
+                "Resuming with a new schedule (--allow_schedule_change): %s; config.json "
+                "now holds the new values.", workdir_lib.describe_changes(changes),
+            )  # fmt: skip
         workdir_lib.write_config(workdir, config)
         data = load_data(config)
         workdir_lib.write_dataset_info(workdir, data.info)
@@ -263,7 +317,9 @@ def train_and_evaluate(
             config, mesh, data.info.num_classes, data.info.image_shape,
             schedule.steps_per_epoch, schedule.total_steps,
         )  # fmt: skip
-        learning_rate_fn = run.learning_rate_fn
+        learning_rate = optimizer.logged_learning_rate(
+            config, schedule.steps_per_epoch, schedule.total_steps
+        )
         manager = stack.enter_context(checkpointing.create_manager(workdir, config))
         initial, dropout_rng = run.init()
         state = checkpointing.restore_or_keep(manager, initial)
@@ -305,7 +361,7 @@ def train_and_evaluate(
 
         def log(step: int, t: float, state: TrainState) -> None:
             metrics = window.pop(step)
-            reporter.train(step, metrics, float(learning_rate_fn(step - 1)))
+            reporter.train(step, metrics, learning_rate(step - 1))
             if jax.process_index() == 0:
                 for warning in health_warnings(monitors, step, metrics):
                     logging.warning("%s", warning)
@@ -333,12 +389,18 @@ def train_and_evaluate(
             stack.callback(profiler.close)
             actions.append(profiler)
 
+        def record_session(step: int, ended: str) -> list[dict[str, Any]]:
+            record = session_record(
+                start_step, step, reporter.timing, compile_timer.seconds, config.batch_size,
+                ended, started, changes,
+            )  # fmt: skip
+            return workdir_lib.append_run(workdir, record)
+
         signals = stack.enter_context(shutdown.StopSignals())
         batches = input_pipeline.train_batches(
             data.train, global_batch_size=config.batch_size, seed=config.seed,
             start_step=start_step, indices_only=config.data_on_device,
         )  # fmt: skip
-        train_start = time.perf_counter()
         for step in range(start_step + 1, schedule.total_steps + 1):
             batch = steps.to_global(next(batches), mesh)
             state, metrics = jit_train(state, batch, dropout_rng, stats, table)
@@ -348,18 +410,18 @@ def train_and_evaluate(
                 log(step, time.monotonic(), state)
                 save(step, time.monotonic(), state, force=True)
                 manager.wait_until_finished()
+                record_session(step, signals.ended)
                 raise signals.stopped(step, manager.directory)
             for action in actions:
                 action(step, state=state)
-        train_seconds = time.perf_counter() - train_start
         if start_step < schedule.total_steps:
             eval_metrics = eval_action.get_last_callback_result()  # The last step's.
+            sessions = record_session(schedule.total_steps, "finished")
         else:  # Nothing left to train: the workdir already holds the final step.
             eval_metrics = evaluate_state(state)
+            sessions = workdir_lib.read_runs(workdir)
 
-    results = final_results(
-        config, state, eval_metrics, schedule.total_steps - start_step, train_seconds, num_params
-    )
+    results = final_results(config, state, eval_metrics, num_params, sessions)
     workdir_lib.write_results(workdir, results)
     logging.info("Final: %s", json.dumps(results))
     return state, results

@@ -9,9 +9,12 @@
       preprocess.npz   the preprocessing statistics fitted on the training split
       checkpoints/     Orbax checkpoints of the train state (nin_jax.checkpointing)
       metrics.jsonl, tensorboard/   training metrics (nin_jax.reporting)
-      results.json     the final evaluation
+      runs.json        one record per training session (steps, times, schedule changes)
+      results.json     the final evaluation, with the sessions' totals and records
 
-This module knows the format only; the trainer and the tools both build on it.
+This module knows the format only; the trainer and the tools both build on it. It
+imports JAX only where it needs the process index, so that ``nin_jax.main`` can
+check a workdir before the slow imports.
 """
 
 import dataclasses
@@ -25,7 +28,6 @@ import zipfile
 import zlib
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -37,12 +39,21 @@ CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
 PREPROCESS_FILE = "preprocess.npz"
 RESULTS_FILE = "results.json"
+RUNS_FILE = "runs.json"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
 CHECKPOINT_DEFINING_FIELDS = (
     "dataset", "model.widths", "model.kernel_sizes", "model.head", "num_models",
+)  # fmt: skip
+# Config fields that fix the learning rate and the batch of every step: resuming with
+# other values would change the run from the checkpoint's step on. Refused unless asked
+# for (``check_compatible``'s ``allow_schedule_change``: main's --allow_schedule_change).
+SCHEDULE_FIELDS = (
+    "batch_size", "num_train_steps", "num_epochs", "schedule_train_examples", "learning_rate",
+    "lr_schedule", "warmup_epochs", "lr_decay_epochs", "lr_decay_factor", "sweep.learning_rate",
+    "train_split", "validation", "seed", "init_seed",
 )  # fmt: skip
 # Fields every config.json has held since the first nin_jax (later ones get defaults).
 _CONFIG_CORE_FIELDS = ("dataset", "model", "batch_size", "learning_rate", "seed")
@@ -51,6 +62,12 @@ _CONFIG_REMEDY = (
     "it describes the checkpoints' model: restore it from a copy, or delete it and rerun "
     "`python -m nin_jax.main` with the run's --config, which writes it again"
 )
+_RUNS_REMEDY = (
+    "its records of the earlier training sessions (timings only) are dropped and a new "
+    "file is started"
+)
+# Every record of runs.json has these (train.session_record writes them).
+_RUN_KEYS = ("start_step", "end_step", "train_seconds", "compile_seconds", "images_per_sec")
 _DATASET_REMEDY = (
     "training writes it when it starts: rerun `python -m nin_jax.main` with this workdir's "
     "config (it resumes from the newest checkpoint), or restore it from a copy"
@@ -99,8 +116,11 @@ class WorkdirLock:
 
     def __enter__(self) -> "WorkdirLock":
         if not storage.is_remote(self._workdir):
-            holds = self._acquire() if jax.process_index() == 0 else True
-            if jax.process_count() > 1:  # Every process stops if process 0 could not lock.
+            import jax
+
+            multi_process = jax.process_count() > 1
+            holds = self._acquire(multi_process) if jax.process_index() == 0 else True
+            if multi_process:  # Every process stops if process 0 could not lock.
                 from jax.experimental import multihost_utils
 
                 holds = bool(multihost_utils.broadcast_one_to_all(np.array(holds)))
@@ -108,7 +128,7 @@ class WorkdirLock:
                 raise WorkdirBusyError(f"workdir {self._workdir} is in use by another run")
         return self
 
-    def _acquire(self) -> bool:
+    def _acquire(self, multi_process: bool) -> bool:
         path = os.path.join(self._workdir, LOCK_FILE)
         try:
             os.makedirs(self._workdir, exist_ok=True)  # Local: remote workdirs are not locked.
@@ -120,7 +140,7 @@ class WorkdirLock:
         except BlockingIOError:
             holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            if jax.process_count() > 1:
+            if multi_process:
                 logging.error("workdir %s is in use by %s", self._workdir, holder)
                 return False
             raise WorkdirBusyError(
@@ -142,6 +162,20 @@ class WorkdirLock:
             os.ftruncate(self._fd, 0)  # An empty file: nobody holds it.
             os.close(self._fd)  # Closing releases the flock.
             self._fd = None
+
+
+def check_available(workdir: str) -> None:
+    """What taking the lock checks, for one process and without JAX: ``WorkdirError`` if
+    ``workdir`` cannot be created or written, ``WorkdirBusyError`` if another run holds it.
+
+    For ``nin_jax.main`` to report those at once, before its slow imports; training
+    takes the lock itself when it starts (and creates the workdir, as this does).
+    """
+    if storage.is_remote(workdir):
+        return
+    lock = WorkdirLock(workdir)
+    lock._acquire(multi_process=False)  # noqa: SLF001  (this module's own class)
+    lock.__exit__(None, None, None)
 
 
 def _damaged(path: str, reason: str, remedy: str) -> FileDamagedError:
@@ -216,9 +250,15 @@ def preprocess_shapes(preprocess: str, image_shape: tuple[int, ...]) -> dict[str
     }[preprocess]
 
 
+def _is_process_0() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _write_json(path: str, payload: dict[str, Any]) -> None:
     """Writes on process 0 only, atomically (``storage.write_bytes``)."""
-    if jax.process_index() != 0:
+    if not _is_process_0():
         return
     storage.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
@@ -268,17 +308,21 @@ def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
     return _tuples(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value)
 
 
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to train ``config`` in a workdir whose checkpoints belong to another model.
+def check_compatible(
+    workdir: str, config: ml_collections.ConfigDict, allow_schedule_change: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """Refuses to train ``config`` in a workdir whose checkpoints belong to another model,
+    or (unless ``allow_schedule_change``) to a run of another schedule.
 
-    Called before anything is written, so the workdir's config.json keeps
-    describing its checkpoints.
+    Returns the ``SCHEDULE_FIELDS`` that differ, ``{field: (the workdir's value, this
+    config's)}`` (empty for a new workdir). Called before anything is written, so the
+    workdir's config.json keeps describing its checkpoints.
     """
     checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
     if not (storage.isdir(checkpoints) and storage.listdir(checkpoints)):
-        return
+        return {}
     if not storage.exists(os.path.join(workdir, CONFIG_FILE)):
-        return  # Nothing to compare with; a mismatch surfaces when restoring.
+        return {}  # Nothing to compare with; a mismatch surfaces when restoring.
     saved = load_config(workdir)
     for field in CHECKPOINT_DEFINING_FIELDS:
         old, new = _field(saved, field), _field(config, field)
@@ -287,6 +331,26 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
                 f"workdir {workdir} holds checkpoints of a different model or dataset "
                 f"({field} is {old!r} there, {new!r} in this config); use another workdir"
             )
+    changes = {
+        field: (_field(saved, field), _field(config, field))
+        for field in SCHEDULE_FIELDS
+        if _field(saved, field) != _field(config, field)
+    }
+    if changes and not allow_schedule_change:
+        (field, (old, new)), *others = changes.items()
+        also = f" (also {', '.join(name for name, _ in others)})" if others else ""
+        raise WorkdirError(
+            f"workdir {workdir} was trained with config.{field}={old!r}, this config has "
+            f"{new!r}{also}: resuming would change the learning rate or the batches of the "
+            "steps to come; resume with the workdir's values (its config.json), use another "
+            "--workdir, or pass --allow_schedule_change to resume with the new ones"
+        )
+    return changes
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``field old -> new, ...`` for a log line."""
+    return ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items())
 
 
 def write_dataset_info(workdir: str, info: DatasetInfo) -> None:
@@ -298,7 +362,7 @@ def write_dataset_info(workdir: str, info: DatasetInfo) -> None:
         "preprocess": info.preprocess,
     }
     _write_json(os.path.join(workdir, DATASET_FILE), payload)
-    if jax.process_index() == 0:
+    if _is_process_0():
         buffer = io.BytesIO()
         np.savez(buffer, **info.preprocess_params)
         storage.write_bytes(os.path.join(workdir, PREPROCESS_FILE), buffer.getvalue())
@@ -337,6 +401,41 @@ def load_dataset_info(workdir: str) -> DatasetInfo:
         preprocess=raw["preprocess"],
         preprocess_params=read_npz(npz_path, data, shapes, _DATASET_REMEDY),
     )
+
+
+def _is_run_record(record: Any) -> bool:
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not (isinstance(record, dict) and all(key in record for key in _RUN_KEYS)):
+        return False
+    optional = record["images_per_sec"] is None  # A session that timed no step.
+    return all(
+        is_number(record[key]) for key in _RUN_KEYS if not (optional and key == "images_per_sec")
+    )
+
+
+def read_runs(workdir: str) -> list[dict[str, Any]]:
+    """The records of the workdir's training sessions (``runs.json``), oldest first; [] if
+    there is none. A damaged file costs its records only (a warning), never the run."""
+    path = os.path.join(workdir, RUNS_FILE)
+    if not storage.exists(path):
+        return []
+    try:
+        runs = _read_json(path, "written by nin_jax.main", _RUNS_REMEDY).get("runs")
+        if not (isinstance(runs, list) and all(map(_is_run_record, runs))):
+            raise _damaged(path, "not a list of session records", _RUNS_REMEDY)
+    except (FileDamagedError, WorkdirError) as e:
+        logging.warning("%s", e)
+        return []
+    return runs
+
+
+def append_run(workdir: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Adds one training session's record to ``runs.json``; returns all of them."""
+    runs = [*read_runs(workdir), record]
+    _write_json(os.path.join(workdir, RUNS_FILE), {"runs": runs})
+    return runs
 
 
 def write_results(workdir: str, results: dict[str, Any]) -> None:

@@ -76,15 +76,34 @@ def window(losses, dead=None, classes: int = 10) -> list[dict]:
     return [{"loss": np.float32(loss), "dead_classes": dead} for loss in losses]
 
 
-def test_stall_warning_after_warmup_only_once_per_stall():
-    monitor = health.HealthMonitor(num_classes=10, warmup_steps=20)
+def test_stall_warning_after_patience_steps_past_the_warmup_once_per_stall():
+    monitor = health.HealthMonitor(num_classes=10, warmup_steps=20, patience=20)
     chance = math.log(10)
     assert monitor.update(10, window([chance] * 10)) == []  # still warming up
-    (warning,) = monitor.update(30, window([chance * 1.005] * 10))
-    assert "within 1% of ln 10 = 2.3026" in warning and "config.model.kernel_init" in warning
-    assert monitor.update(40, window([chance] * 10)) == []  # the same stall: said once
-    assert monitor.update(50, window([0.8 * chance] * 10)) == []  # left the plateau
-    assert len(monitor.update(60, window([chance] * 10))) == 1  # a new stall
+    assert monitor.update(30, window([chance * 1.005] * 10)) == []  # 10 steps in the band
+    (warning,) = monitor.update(40, window([chance] * 10))
+    assert warning.startswith("step 40: the loss (2.3026 over the last 10 steps) has stayed")
+    assert "within 1% of ln 10 = 2.3026 for 20 steps after the 20 warmup steps" in warning
+    assert "config.model.kernel_init" in warning
+    assert monitor.update(50, window([chance] * 10)) == []  # the same stall: said once
+    assert monitor.update(60, window([0.8 * chance] * 10)) == []  # left the plateau
+    assert monitor.update(70, window([chance] * 10)) == []  # back: 10 steps so far
+    assert len(monitor.update(80, window([chance] * 10))) == 1  # a new stall
+
+
+def test_stall_counts_only_the_steps_after_the_warmup():
+    """A short run's windows straddle the warmup: its steps neither count nor mask a stall
+    (the old rule judged a window of 88 warmup steps and 12 others)."""
+    chance = math.log(10)
+    monitor = health.HealthMonitor(num_classes=10, warmup_steps=88, patience=20)
+    # Steps 1-88 at ln C (warmup), 89-100 learning: the steps after the warmup decide.
+    assert monitor.update(100, window([chance] * 88 + [0.5 * chance] * 12)) == []
+    monitor = health.HealthMonitor(num_classes=10, warmup_steps=88, patience=20)
+    assert monitor.update(100, window([0.5 * chance] * 88 + [chance] * 12)) == []  # 12 < 20
+    assert len(monitor.update(110, window([chance] * 10))) == 1  # 22 steps in the band
+    default = health.HealthMonitor(num_classes=10, warmup_steps=88)
+    run = [default.update(s, window([chance] * 100)) for s in range(100, 288, 100)]
+    assert run == [[], []]  # 199 steps after the warmup: too short to call it a stall
 
 
 def test_dead_class_warning_after_two_consecutive_log_points():
@@ -107,7 +126,7 @@ def test_warnings_fire_on_a_run_pinned_at_ln_c():
     state = init_state(model, (8, 8, 1), optax.sgd(0.1, momentum=0.9))
     state = state.replace(params=kill_classes(state.params, list(range(10))))
     train_step = jax.jit(steps.train_step)
-    monitor = health.HealthMonitor(num_classes=10, warmup_steps=2)
+    monitor = health.HealthMonitor(num_classes=10, warmup_steps=2, patience=2)
     warnings = []
     for log_point in range(3):
         metrics = []
@@ -117,7 +136,7 @@ def test_warnings_fire_on_a_run_pinned_at_ln_c():
         warnings += monitor.update(2 * (log_point + 1), jax.device_get(metrics))
     assert float(metrics[-1]["loss"]) == pytest.approx(math.log(10), abs=1e-6)
     assert len(warnings) == 2
-    assert "still within 1% of ln 10" in warnings[0]
+    assert "stayed within 1% of ln 10" in warnings[0]
     assert "0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in warnings[1] and "10 of 10" in warnings[1]
 
 

@@ -21,6 +21,14 @@ def test_learning_rate_warms_up_then_decays():
     assert [float(stepwise(s)) for s in (15, 25)] == pytest.approx([0.1, 0.01])
 
 
+def test_logged_learning_rate_is_each_swept_models():
+    config = load_config("digits", learning_rate=0.1, warmup_epochs=1.0)
+    assert optimizer.logged_learning_rate(config, 10, 30)(5) == pytest.approx(0.05)
+    config.num_models = 2
+    config.sweep.learning_rate = (0.2, 0.4)
+    assert optimizer.logged_learning_rate(config, 10, 30)(5) == pytest.approx([0.1, 0.2])
+
+
 def test_weight_decay_applies_to_kernels_only():
     params = {"conv": {"kernel": np.ones((1, 1, 2, 2)), "bias": np.ones(2)}}
     tx = optimizer.create_optimizer(

@@ -105,6 +105,33 @@ def test_window_scalars_average_the_steps():
     )  # fmt: skip
 
 
+def test_window_scalars_of_models_with_their_own_learning_rates():
+    window = [{"loss": np.array([1.0, 3.0]), "accuracy": np.array([0.5, 0.7])}]
+    scalars = reporting.window_scalars(
+        window, learning_rate=[0.01, 0.03], images_per_sec=8.0, num_models=2
+    )
+    assert scalars["model_0/learning_rate"] == 0.01 and scalars["model_1/learning_rate"] == 0.03
+    assert scalars["learning_rate"] == pytest.approx(0.02)  # their mean, as for every metric
+    assert scalars["model_1/loss"] == 3.0 and scalars["loss"] == 2.0
+    shared = reporting.window_scalars(window, 0.01, 8.0, num_models=2)
+    assert shared["learning_rate"] == 0.01 and "model_0/learning_rate" not in shared
+
+
+def test_results_time_training_without_compilation_and_keep_every_session(workdir):
+    """The fixture's one session: 6 steps, timed without the first step's compilation
+    (which jax.monitoring times on its own) and without the two evaluations."""
+    with open(f"{workdir}/results.json") as f:
+        final = json.load(f)
+    (session,) = final["sessions"]
+    assert (session["start_step"], session["end_step"], session["ended"]) == (0, 6, "finished")
+    assert final["train_steps"] == 6 and final["train_seconds"] == session["train_seconds"] > 0
+    assert final["compile_seconds"] == session["compile_seconds"] > 0
+    expected = 6 * 8 / session["train_seconds"]  # Batch 8.
+    assert final["images_per_sec"] == session["images_per_sec"] == pytest.approx(expected, 0.01)
+    with open(f"{workdir}/runs.json") as f:
+        assert json.load(f)["runs"] == final["sessions"]
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -121,6 +148,8 @@ def run_reporter(tmp_path, stream) -> str:
             reporter.train(step, [metrics, metrics], learning_rate=0.01)
     reporter.eval(4, {"loss": 0.4, "accuracy": 0.8, "error": 0.2, "examples": 10})
     reporter.close()
+    steps, seconds = reporter.timing
+    assert steps == 4 and seconds > 0
     return stream.getvalue()
 
 

@@ -141,3 +141,47 @@ def test_shown_classes_are_the_best_scored_when_too_many():
     scores = np.array([0.1, 0.9, 0.3, 0.7])
     np.testing.assert_array_equal(class_maps.shown_classes(scores, 4), [0, 1, 2, 3])
     np.testing.assert_array_equal(class_maps.shown_classes(scores, 2), [1, 3])
+
+
+def test_class_maps_rows_of_files_name_the_file():
+    names = [str(d) for d in range(10)]
+    assert class_maps.row_title(3, None, "5", names) == "true 3\npred 5"
+    assert class_maps.row_title(None, "/data/scans/seven.png", "7", names) == "seven.png\npred 7"
+    long = class_maps.row_title(None, "/d/a_very_long_file_name_07.png", "7", names)
+    assert long == "...e_name_07.png\npred 7"  # 16 characters: the end of the name
+
+
+def k_model_curves() -> dict:
+    """metrics.jsonl records of a 2-model learning-rate sweep, as read_metrics returns them."""
+    train = {
+        step: {
+            "loss": 2.0 / step, "model_0/loss": 1.5 / step, "model_1/loss": 2.5 / step,
+            "accuracy": 0.5, "error": 0.5, "model_0/error": 0.4, "model_1/error": 0.6,
+            "learning_rate": 0.015, "model_0/learning_rate": 0.01, "model_1/learning_rate": 0.02,
+            "grad_norm": 1.0, "model_0/grad_norm": 0.9, "model_1/grad_norm": 1.1,
+            "param_norm": 5.0, "model_0/param_norm": 4.9, "model_1/param_norm": 5.1,
+        }
+        for step in (10, 20)
+    }  # fmt: skip
+    evaluation = {20: {"loss": 0.1, "error": 0.05, "model_0/loss": 0.2, "model_1/loss": 0.3}}
+    return {"train": train, "eval": evaluation}
+
+
+def test_plot_of_k_models_draws_each_model_and_its_swept_rate(tmp_path):
+    curves = k_model_curves()
+    assert plot.num_models(curves) == 2
+    loss = {line.label: line for line in plot.panel_lines(curves, "loss")}
+    assert list(loss) == ["model 0 train", "model 1 train", "mean", "model 0 eval",
+                          "model 1 eval", "ensemble"]  # fmt: skip
+    np.testing.assert_allclose(loss["model 1 train"].values, [0.25, 0.125])
+    assert loss["model 1 train"].model == 1 and loss["ensemble"].model is None
+    rates = plot.panel_lines(curves, "learning_rate", splits=("train",))
+    # No mean rate: no model followed it.
+    assert [(line.label, line.values[0]) for line in rates] == [
+        ("model 0 train", 0.01), ("model 1 train", 0.02),
+    ]  # fmt: skip
+    one = {"train": {10: {"loss": 1.0, "learning_rate": 0.1}}}
+    assert [line.label for line in plot.panel_lines(one, "loss")] == ["train"]
+    output = tmp_path / "k.png"
+    plot.render(curves, "two models", str(output))
+    assert png_size(output) == tuple(round(d * plot.DPI) for d in plot.FIGSIZE)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from helpers import load_config
 
-from nin_jax import train
+from nin_jax import health, train
 
 
 @pytest.mark.parametrize("name", ["svhn", "cifar10", "mnist"])
@@ -40,8 +40,16 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, digits_data_dir):
     config.num_train_steps = 3
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
     config.num_train_steps = 6
-    resumed, results = train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert results["step"] == 6 and results["steps_this_run"] == 3
+    resumed, results = train.train_and_evaluate(
+        config, str(tmp_path / "resumed"), allow_schedule_change=True
+    )
+    assert results["step"] == 6 and results["train_steps"] == 6
+    first, second = results["sessions"]
+    assert (first["start_step"], first["end_step"], second["start_step"]) == (0, 3, 3)
+    assert second["schedule_changes"] == {"num_train_steps": [3, 6]}
+    _, again = train.train_and_evaluate(config, str(tmp_path / "resumed"))  # Evaluates only.
+    assert again["sessions"] == results["sessions"] and again["train_steps"] == 6
+    assert again["images_per_sec"] == results["images_per_sec"] > 0
 
     uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / "straight"))
     for a, b in zip(params_of(resumed), params_of(uninterrupted), strict=True):
@@ -65,12 +73,14 @@ def test_the_split_on_the_devices_trains_exactly_as_host_batches(tmp_path, digit
 def test_a_run_pinned_at_ln_c_logs_one_warning(tmp_path, digits_data_dir, caplog):
     """Tiny initial weights keep every logit near 0: the loop says so, and trains on."""
     caplog.set_level("WARNING", logger="absl")
+    steps = health.STALL_STEPS + 10
     config = load_config(
-        "digits", data_dir=digits_data_dir, num_train_steps=6, log_every_steps=2,
+        "digits", data_dir=digits_data_dir, num_train_steps=steps, log_every_steps=steps // 3,
         model__init_std=1e-4,
     )  # fmt: skip
     _, results = train.train_and_evaluate(config, str(tmp_path))
     stalls = [r.getMessage() for r in caplog.records if "within 1% of ln 10" in r.getMessage()]
-    assert len(stalls) == 1 and stalls[0].startswith("step 2: the loss 2.30")
+    assert len(stalls) == 1 and stalls[0].startswith(f"step {steps}: the loss (2.30")
+    assert f"for {steps} steps after the 0 warmup steps" in stalls[0]
     assert "config.model.kernel_init" in stalls[0]
-    assert results["step"] == 6
+    assert results["step"] == steps
