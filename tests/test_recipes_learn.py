@@ -142,14 +142,6 @@ def test_the_authors_initialisation_shrinks_activations_with_depth(name):
     assert probe["logit_spread"] < 0.1
 
 
-def test_the_authors_settings_are_one_override_away():
-    for name in PAPER_RECIPES:
-        config = recipe(name, **AUTHORS)
-        model = models.from_config(config, 10)
-        assert (model.init_std, model.class_init_std, model.class_bias) == (0.05, None, 0.0)
-        assert config.lr_multipliers
-
-
 def test_diagnosis_zca_matches_nin_jax_statistics():
     """The script's SVD-based ZCA against the package's eigendecomposition, with fewer
     images than dimensions (the covariance's null space is whitened too)."""
