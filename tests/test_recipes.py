@@ -144,7 +144,19 @@ def mock_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-@pytest.mark.parametrize("name", [r for r in RECIPES if r not in ("default", "digits")])
+# cifar10 and cifar10_fc are cifar10_augmented without its augmentation and
+# cifar10_fc_dropout without its dropout: the slow tier runs them.
+SUBSUMED = ("cifar10", "cifar10_fc")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(r, marks=pytest.mark.slow) if r in SUBSUMED else r
+        for r in RECIPES
+        if r not in ("default", "digits")
+    ],
+)
 def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path):
     import tensorflow_datasets as tfds
 
@@ -157,7 +169,7 @@ def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path
     assert results["test_examples"] == MOCK_EXAMPLES
 
 
-@pytest.mark.parametrize("name", ["default", "digits"])
+@pytest.mark.parametrize("name", [pytest.param("default", marks=pytest.mark.slow), "digits"])
 def test_digits_recipes_evaluate_every_example_of_1001_once(name, digits_data_dir, tmp_path):
     """A 1,001-example eval split with global batch 128: 8 batches, the last one padded."""
     config = tiny_recipe(name, data_dir=digits_data_dir, eval_split="train[:1001]", batch_size=128)
