@@ -18,6 +18,7 @@ DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn_cropped")
 PREPROCESSINGS = ("standardize", "gcn_zca", "lcn")
 AUGMENTATIONS = ("none", "crop_flip")
 HEADS = ("gap", "fc", "fc_dropout")
+KERNEL_INITS = ("lecun_normal", "he_normal", "he_normal_zero_mean")
 CONV_IMPLS = ("auto", "xla", "matmul")
 DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -26,6 +27,7 @@ _CHOICES = {
     "preprocess": PREPROCESSINGS,
     "augment": AUGMENTATIONS,
     "model.head": HEADS,
+    "model.kernel_init": KERNEL_INITS,
     "model.conv_impl": CONV_IMPLS,
     "dtype": DTYPES,
     "lr_schedule": LR_SCHEDULES,
@@ -106,7 +108,10 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         _fail("num_epochs", config.num_epochs, "a positive number (or set num_train_steps)")
     init_std = config.model.init_std
     if init_std is not None and not (_is_number(init_std) and init_std > 0):
-        _fail("model.init_std", init_std, "None (LeCun-normal kernels) or a positive number")
+        _fail("model.init_std", init_std, "None (config.model.kernel_init) or a positive number")
+    class_std = config.model.class_init_std
+    if class_std is not None and not (_is_number(class_std) and class_std >= 0):
+        _fail("model.class_init_std", class_std, "None (as the other kernels) or a number >= 0")
     decay_epochs = config.lr_decay_epochs
     if not _is_sequence_of(decay_epochs, _is_number) or list(decay_epochs) != sorted(decay_epochs):
         _fail("lr_decay_epochs", decay_epochs, "a sorted tuple of epochs, e.g. (80, 160)")

@@ -11,10 +11,12 @@ in the train state (the optimizer's ``inject_hyperparams`` state and
 ``TrainState.dropout_rate``), so one compiled step serves every value.
 
 The train state is stacked on a leading model axis and the step is
-``jax.vmap`` of ``steps.train_step``. On a mesh ``('model', 'data')`` (when K
-and the device count share a factor) the models are spread over the 'model'
-axis and the batch over 'data'; otherwise everything is on 'data'. With K = 1
-nothing is stacked: checkpoints and results are those of a single model.
+``jax.vmap`` of ``steps.train_step``, on the ``('data', 'model')`` mesh of
+``steps.create_mesh``: the stacked state is split along 'model', whose size is
+the largest number dividing both K and each process's device count (1 when
+they share no factor: every device then holds every model), and the batch along
+'data'. With K = 1 nothing is stacked: checkpoints and results are those of a
+single model.
 """
 
 from collections.abc import Callable
@@ -28,8 +30,6 @@ import optax
 from jax.sharding import Mesh
 
 from nin_jax import models, optimizer, steps
-
-SWEEPABLE = ("learning_rate", "weight_decay", "dropout_rate")
 
 
 def init_seeds(config: ml_collections.ConfigDict) -> list[int]:

@@ -7,8 +7,9 @@ first two blocks, and global average pooling over the last block's class maps.
 Convolutions have two implementations with one parameter tree
 (``kernel`` in HWIO layout and ``bias``, as ``flax.linen.Conv``):
 
-* ``'xla'``: ``lax.conv_general_dilated`` and ``reduce_window`` max pooling,
-  the right choice on GPU and TPU;
+* ``'xla'``: ``lax.conv_general_dilated`` (1 x 1 convolutions as matmuls over
+  channels) and ``reduce_window`` max pooling: what ``'auto'`` picks on GPU and
+  TPU, and the faster of the two for one model on a GPU;
 * ``'matmul'``: 1 x 1 convolutions as matmuls over the channel axis, k x k
   convolutions as Winograd F(4x4, k x k) (or im2col for the RGB layer and small
   maps), and max pooling with an argmax-mask gradient (``nin_jax.cpu_ops``).
@@ -19,6 +20,9 @@ Convolutions have two implementations with one parameter tree
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged; the
 backend is that of the devices the model will run on (``from_config``'s
 ``platform``: a TPU when compiling for one from a CPU machine), by default JAX's.
+With several models in one step (``config.num_models``) on a GPU, ``'matmul'``
+is the faster (its matmuls batch under ``jax.vmap``, a convolution becomes a
+grouped one): set it explicitly (docs/PERFORMANCE.md, "Many models on one GPU").
 """
 
 import math

@@ -1,7 +1,8 @@
 """The jitted train and eval steps, the train state they update, and the mesh they run on.
 
 The batch is sharded along the mesh axis 'data' and the train state is
-replicated; XLA inserts the gradient all-reduce. The same code runs on one CPU,
+replicated (with ``config.num_models`` > 1, the stacked state is split along
+'model': ``nin_jax.ensemble``); XLA inserts the gradient all-reduce. The same code runs on one CPU,
 on several devices of one host and on many hosts (after
 ``jax.distributed.initialize``). Nothing here imports TensorFlow.
 

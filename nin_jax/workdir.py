@@ -241,7 +241,7 @@ def read_npz(
 
 
 def preprocess_shapes(preprocess: str, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """The arrays ``preprocessing.fit`` saves for ``preprocess``, with their shapes."""
+    """The arrays ``statistics.fit`` returns for ``preprocess`` (and preprocess.npz holds)."""
     channels, size = image_shape[-1], int(np.prod(image_shape))
     return {
         "standardize": {"mean": (channels,), "std": (channels,)},

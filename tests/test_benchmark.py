@@ -38,6 +38,7 @@ def test_benchmark_prints_one_json_record(digits_data_dir):
     assert record["dataset"] == "digits" and record["data_on_device"] is False
 
 
+@pytest.mark.slow
 def test_benchmark_of_two_augmented_cifar_models_on_the_devices():
     result = run_cli(
         "nin_jax.benchmark", "--config=configs/cifar10_augmented.py", *TINY, "--warmup=0",

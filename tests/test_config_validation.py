@@ -4,13 +4,19 @@ import pytest
 from helpers import load_config
 from test_recipes import RECIPES
 
-from nin_jax import config_validation, errors
+from nin_jax import config_validation, errors, models
 from nin_jax.configs import default
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_is_valid(name):
     config_validation.validate(load_config(name))
+
+
+def test_the_allowed_names_are_the_models():
+    """The model's choices, checked here without importing JAX, are the ones it implements."""
+    assert config_validation.KERNEL_INITS == tuple(models.KERNEL_INITS)
+    assert config_validation.HEADS == models.HEADS
 
 
 @pytest.mark.parametrize(
@@ -33,6 +39,8 @@ def test_every_recipe_is_valid(name):
         ("model.kernel_sizes", (5, 4, 3), "config.model.kernel_sizes is (5, 4, 3)"),
         ("model.widths", ((8, 8), (8, 8, 8), (8, 8)), "three widths per block"),
         ("model.init_std", -1.0, "config.model.init_std is -1.0"),
+        ("model.kernel_init", "glorot", "config.model.kernel_init is 'glorot'; it must be one of"),
+        ("model.class_init_std", -0.1, "config.model.class_init_std is -0.1"),
         ("profile_steps", (1, 3), "config.profile_steps is (1, 3)"),
         ("num_models", 0, "config.num_models is 0; it must be an integer >= 1"),
         ("init_seed", -1, "config.init_seed is -1"),

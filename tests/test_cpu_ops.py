@@ -1,5 +1,7 @@
 """The CPU ops' hand-written gradients equal autodiff of XLA's native ops."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,10 @@ def _native_conv(x, kernel):
     )
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _value_and_vjp(fn, args, cotangent_seed=1):
+    """``fn(*args)`` and its VJP of a random cotangent, jitted: run op by op, the custom-VJP
+    ops' hundreds of small primitives take several times as long."""
     out, vjp = jax.vjp(fn, *args)
     cotangent = jax.random.normal(jax.random.key(cotangent_seed), out.shape, out.dtype)
     return out, vjp(cotangent)
@@ -68,7 +73,7 @@ def test_winograd_conv_value_and_gradients_equal_native_convolution(shape, kerne
     kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, shape[-1], 6))
     kernel = kernel / np.sqrt(kernel_size**2 * shape[-1])  # Unit-scale outputs, as in a network.
     want, want_grads = _value_and_vjp(_native_conv, (x, kernel))
-    got, got_grads = jax.jit(_value_and_vjp, static_argnums=0)(cpu_ops.winograd_conv, (x, kernel))
+    got, got_grads = _value_and_vjp(cpu_ops.winograd_conv, (x, kernel))
     np.testing.assert_allclose(got, want, atol=5e-5)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         np.testing.assert_allclose(got_grad, want_grad, atol=5e-4, rtol=1e-5)

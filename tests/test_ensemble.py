@@ -6,7 +6,7 @@ import pytest
 from helpers import load_config
 
 from nin_jax import ensemble, errors, evaluate, restore, train
-from nin_jax.datasets import digits
+from nin_jax.datasets import standins
 
 STEPS = 20
 SWEEP = {"learning_rate": (0.02, 0.05), "dropout_rate": (0.3, 0.5)}
@@ -69,7 +69,7 @@ def test_tools_pick_a_model_or_the_ensemble(pair):
     assert evaluated["error"] == pytest.approx(results["ensemble_test_error"])
 
     trained = restore.load(workdir)
-    images, _ = digits.load_arrays("test")
+    images, _ = standins.load("8x8x1", "test")
     mean = (trained.probabilities(images[:4], 0) + trained.probabilities(images[:4], 1)) / 2
     np.testing.assert_allclose(trained.probabilities(images[:4]), mean, rtol=1e-6)
     maps = trained.apply(images[:2], method="class_maps", model=1)

@@ -13,6 +13,7 @@ from nin_jax import health, models, steps
 from nin_jax.datasets import standins
 
 TINY = ((8, 8, 8), (8, 8, 8), (8, 8))
+SGD = optax.sgd(0.1, momentum=0.9)  # One optimizer: the tests share their compiled steps.
 
 
 def test_dead_classes_on_a_hand_made_batch():
@@ -57,7 +58,7 @@ def kill_classes(params, classes: list[int]):
 
 def test_train_step_reports_health_metrics_of_its_batch():
     model = models.NIN(widths=TINY, conv_impl="xla")
-    state = init_state(model, (8, 8, 1), optax.sgd(0.0))
+    state = init_state(model, (8, 8, 1), SGD)  # The metrics are of the step's own forward pass.
     state = state.replace(params=kill_classes(state.params, [3, 7]))
     _, metrics = jax.jit(steps.train_step)(state, real_digits(), jax.random.key(0))
     np.testing.assert_array_equal(metrics["dead_classes"], np.isin(np.arange(10), [3, 7]))
@@ -123,7 +124,7 @@ def test_dead_class_warning_after_two_consecutive_log_points():
 def test_warnings_fire_on_a_run_pinned_at_ln_c():
     """All class maps dead: every logit 0, the loss exactly ln 10, and no gradient."""
     model = models.NIN(widths=TINY, conv_impl="xla")
-    state = init_state(model, (8, 8, 1), optax.sgd(0.1, momentum=0.9))
+    state = init_state(model, (8, 8, 1), SGD)
     state = state.replace(params=kill_classes(state.params, list(range(10))))
     train_step = jax.jit(steps.train_step)
     monitor = health.HealthMonitor(num_classes=10, warmup_steps=2, patience=2)

@@ -1,7 +1,8 @@
 """Data parallelism across processes and devices: 2 processes x 2 CPU devices == 1 x 4 == 1 x 1.
 
-Every run is a subprocess (the device count is fixed when JAX starts). The runs
-are shared: one 2-process run, one 4-device reference, one 1-device resume.
+Every run is a subprocess (the device count is fixed when JAX starts), so the runs are
+slow tests, sharing one 4-device reference; that global batches do not depend on the
+process count, and the distributed flags' errors, are quick ones.
 """
 
 import re
@@ -16,7 +17,6 @@ from helpers import run_cli
 
 from nin_jax import input_pipeline
 
-pytestmark = pytest.mark.slow
 STEPS = 6
 # Augmented: the crop/flip draws must not depend on how the batch is split either.
 SHARED_RUN = {"num_train_steps": STEPS, "checkpoint_every_steps": 3, "augment": "crop_flip"}
@@ -39,6 +39,7 @@ def reference(tmp_path_factory, digits_data_dir):
     return workdir
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
     args = helpers.train_args(tmp_path, digits_data_dir, **SHARED_RUN)
     processes = helpers.start_processes(args, 2, tmp_path)
@@ -56,6 +57,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, reference):
     assert "step 6/6" in logs[0] and "step 6/6" not in logs[1]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data_dir):
     """The preemption sync manager spreads the notice: every process saves one step and exits."""
     args = helpers.train_args(
@@ -78,6 +80,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, digits_data
     assert helpers.checkpoint_steps(tmp_path)[-1] == stops[0]
 
 
+@pytest.mark.slow
 def test_resume_on_one_device_from_four(tmp_path, digits_data_dir, reference):
     """A checkpoint of a 4-device run resumes on 1 device and ends where the 4-device run did."""
     shutil.copytree(reference / "checkpoints" / "3", tmp_path / "checkpoints" / "3")

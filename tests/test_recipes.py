@@ -1,4 +1,5 @@
-"""Every recipe in configs/ trains and evaluates end to end on 1 device; the variants' sizes.
+"""Every recipe in configs/ trains and evaluates end to end on 1 device, builds the network
+its docstring states and follows docs/RECIPES.md's schedules; the variants' sizes.
 
 Real datasets come from ``tfds.testing.mock_data`` (random images, any split
 string accepted); ``digits`` and ``default`` run on the embedded digits.
@@ -11,8 +12,10 @@ are seeded into the cache (identity whitening): fitting a 3072 x 3072 ZCA
 takes ~40 s here, and fitting is tested against numpy in test_preprocessing.py.
 """
 
+import importlib
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -79,54 +82,59 @@ def check_results(name: str, config, results: dict, devices: int) -> None:
     assert math.isfinite(results["test_loss"]) and 0 <= results["test_accuracy"] <= 1, name
 
 
-def test_variant_parameter_counts():
-    def count(variant, channels, side, head="gap", classes=10):
-        widths, kernels = models.VARIANTS[variant]
-        model = models.NIN(num_classes=classes, widths=widths, kernel_sizes=kernels, head=head)
-        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, channels)))
-        return sum(x.size for x in jax.tree.leaves(shapes))
-
-    assert count("cifar", 3, 32) == 966_986
-    assert count("svhn", 3, 32) == 1_986_026
-    assert count("mnist", 1, 28) == 349_674
-    # The ablation's dense head on the 8x8x10 class maps: 6,410 more (docs/RECIPES.md).
-    assert count("cifar", 3, 32, head="fc") == count("cifar", 3, 32, head="fc_dropout") == 973_396
-    assert count("cifar", 3, 32, classes=100) == 984_356
+def documented_params(name: str) -> int | None:
+    """The parameter count ``configs/<name>.py``'s docstring states ("966,986 parameters")."""
+    doc = importlib.import_module(f"nin_jax.configs.{name}").__doc__
+    found = re.search(r"([\d,]{6,}) parameters", doc)
+    return int(found.group(1).replace(",", "")) if found else None
 
 
-def test_recipes_follow_the_paper():
-    expected = {  # recipe: (dataset, train split, preprocess, augment, variant, head)
-        "cifar10": ("cifar10", "train", "gcn_zca", "none", "cifar", "gap"),
-        "cifar10_augmented": ("cifar10", "train", "gcn_zca", "crop_flip", "cifar", "gap"),
-        "cifar100": ("cifar100", "train", "gcn_zca", "none", "cifar", "gap"),
-        "cifar10_fc": ("cifar10", "train", "gcn_zca", "none", "cifar", "fc"),
-        "cifar10_fc_dropout": ("cifar10", "train", "gcn_zca", "none", "cifar", "fc_dropout"),
-        "svhn": ("svhn_cropped", "train+extra", "lcn", "none", "svhn", "gap"),
-        "mnist": ("mnist", "train", "standardize", "none", "mnist", "gap"),
-    }
-    assert set(expected) | {"default", "digits"} == set(RECIPES)
-    for name, (dataset, split, preprocess, augment, variant, head) in expected.items():
-        config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
-        got = (config.dataset, config.train_split, config.preprocess, config.augment)
-        assert got == (dataset, split, preprocess, augment), name
-        assert (config.model.widths, config.model.kernel_sizes) == models.VARIANTS[variant]
-        assert config.model.head == head, name
-        # Ours (docs/RECIPES.md, Diagnosis): He-normal kernels and a zero class kernel with
-        # bias 1 (0.1 under a dense head) instead of the authors' N(0, 0.05), whose
-        # activations vanish with depth; for 100 classes, zero-mean He-normal kernels, the
-        # class layer's included, and a higher base rate; SVHN's wider network a lower one.
-        model = (config.model.kernel_init, config.model.init_std, config.model.class_init_std)
-        hundred = name == "cifar100"
-        assert model == (
-            ("he_normal_zero_mean", None, None) if hundred else ("he_normal", None, 0.0)
-        ), name
-        assert config.model.class_bias == (1.0 if head == "gap" else 0.1), name
-        # The authors' momentum and per-layer rates; one base rate (ours, measured).
-        assert config.lr_multipliers and config.momentum == 0.9, name
-        assert config.lr_schedule == "step", name
-        rates = {"cifar100": 0.03, "svhn": 0.005}  # The others 0.01 (docs/RECIPES.md).
-        assert config.learning_rate == rates.get(name, 0.01), name
-        assert config.warmup_epochs > 0, name  # NIN's class maps die without warmup.
+def test_configs_is_the_package_folder():
+    """``--config=configs/x.py`` from the repository root reads the package's recipes."""
+    package = sorted(p.name for p in (REPO_ROOT / "nin_jax" / "configs").glob("*.py"))
+    assert sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py")) == package
+    for name in package:
+        linked, original = REPO_ROOT / "configs" / name, REPO_ROOT / "nin_jax" / "configs" / name
+        assert linked.read_bytes() == original.read_bytes(), name
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_builds_the_network_its_docstring_states(name):
+    config = importlib.import_module(f"nin_jax.configs.{name}").get_config()
+    side, channels, classes = SHAPES[config.dataset]
+    model = models.from_config(config, classes)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, channels)))
+    count = sum(x.size for x in jax.tree.leaves(shapes))
+    assert count == expected_params(config)
+    if name not in ("default", "digits"):  # The paper recipes say their size.
+        assert documented_params(name) == count, name
+
+
+def recipes_md_schedules() -> dict[str, tuple]:
+    """docs/RECIPES.md's table of schedules: recipe -> (batch, rate, epochs, decays, warmup
+    epochs, warmup steps)."""
+    rows = {}
+    text = (REPO_ROOT / "docs" / "RECIPES.md").read_text()
+    pattern = r"^\| ([a-z0-9_, ]+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d, ]+) \| "
+    pattern += r"([\d.]+) epoch \((\d+) steps\) \|$"
+    for names, *fields in re.findall(pattern, text, re.MULTILINE):
+        batch, rate, epochs, decays, warmup, warmup_steps = fields
+        row = (int(batch), float(rate), int(epochs), decays, float(warmup), int(warmup_steps))
+        rows.update(dict.fromkeys(names.split(", "), row))
+    return rows
+
+
+def test_recipes_md_states_the_recipes_schedules():
+    train_examples = {"cifar10": 50_000, "cifar100": 50_000, "svhn_cropped": 604_388}
+    documented = recipes_md_schedules()
+    assert set(documented) == set(RECIPES) - {"default", "digits"}
+    for name, row in documented.items():
+        config = importlib.import_module(f"nin_jax.configs.{name}").get_config()
+        examples = train_examples.get(config.dataset, 60_000)
+        warmup_steps = int(config.warmup_epochs * examples / config.batch_size)
+        decays = ", ".join(str(epoch) for epoch in config.lr_decay_epochs)
+        got = (config.batch_size, config.learning_rate, config.num_epochs, decays)
+        assert (*got, config.warmup_epochs, warmup_steps) == row, name
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +144,19 @@ def mock_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-@pytest.mark.parametrize("name", [r for r in RECIPES if r not in ("default", "digits")])
+# cifar10 and cifar10_fc are cifar10_augmented without its augmentation and
+# cifar10_fc_dropout without its dropout: the slow tier runs them.
+SUBSUMED = ("cifar10", "cifar10_fc")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(r, marks=pytest.mark.slow) if r in SUBSUMED else r
+        for r in RECIPES
+        if r not in ("default", "digits")
+    ],
+)
 def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path):
     import tensorflow_datasets as tfds
 
@@ -149,7 +169,7 @@ def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path
     assert results["test_examples"] == MOCK_EXAMPLES
 
 
-@pytest.mark.parametrize("name", ["default", "digits"])
+@pytest.mark.parametrize("name", [pytest.param("default", marks=pytest.mark.slow), "digits"])
 def test_digits_recipes_evaluate_every_example_of_1001_once(name, digits_data_dir, tmp_path):
     """A 1,001-example eval split with global batch 128: 8 batches, the last one padded."""
     config = tiny_recipe(name, data_dir=digits_data_dir, eval_split="train[:1001]", batch_size=128)

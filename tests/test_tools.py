@@ -8,7 +8,7 @@ from helpers import load_config, run_cli
 from PIL import Image
 
 from nin_jax import class_maps, evaluate, images, plot, predict, restore, train
-from nin_jax.datasets import digits
+from nin_jax.datasets import standins
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_evaluate_command_at_a_chosen_step(workdir, tmp_path):
 
 def write_test_images(tmp_path) -> tuple[list[str], np.ndarray]:
     """Two digits test images saved as a 32x32 RGB PNG and an 8x8 grayscale JPEG."""
-    images, _ = digits.load_arrays("test")
+    images, _ = standins.load("8x8x1", "test")
     big = Image.fromarray(images[0, ..., 0]).resize((32, 32), Image.Resampling.NEAREST)
     paths = [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
     big.convert("RGB").save(paths[0])
@@ -94,7 +94,7 @@ def test_predict_json(workdir, tmp_path):
 
 def test_predict_preprocessing_matches_the_model_input(workdir, tmp_path):
     """An 8x8 grayscale PNG is read back exactly and predicted like the raw test image."""
-    digit_images, _ = digits.load_arrays("test")
+    digit_images, _ = standins.load("8x8x1", "test")
     path = tmp_path / "exact.png"
     Image.fromarray(digit_images[3, ..., 0]).save(path)
     trained = restore.load(workdir)
@@ -130,7 +130,7 @@ def test_class_maps_of_given_images(workdir, tmp_path):
 
 def test_class_maps_average_to_the_logits(workdir):
     """What the figure shows is what the model decides on: logits are the maps' means."""
-    digit_images, _ = digits.load_arrays("test")
+    digit_images, _ = standins.load("8x8x1", "test")
     trained = restore.load(workdir)
     maps = trained.apply(digit_images[:5], method="class_maps")
     assert maps.shape[0] == 5 and maps.shape[-1] == 10 and (maps >= 0).all()

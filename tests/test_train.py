@@ -11,7 +11,14 @@ from helpers import load_config
 from nin_jax import health, train
 
 
-@pytest.mark.parametrize("name", ["svhn", "cifar10", "mnist"])
+@pytest.mark.parametrize(
+    "name",  # test_recipes.py trains every recipe under mock data too.
+    [
+        pytest.param("svhn", marks=pytest.mark.slow),
+        pytest.param("cifar10", marks=pytest.mark.slow),
+        "mnist",
+    ],
+)
 def test_one_step_end_to_end_on_mock_data(name, tmp_path):
     # Standardisation for all: fitting CIFAR's 3072 x 3072 ZCA takes ~40 s here, and the
     # recipes' own preprocessing is covered by test_recipes.py.

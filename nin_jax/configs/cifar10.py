@@ -19,10 +19,9 @@ real photos, and a step's effect with its square); base rate 0.01, as MNIST's at
 the same input scale, with half an epoch of warmup.
 Ours (not stated by the paper or the authors): batch 128 and weight decay 1e-4
 on kernels (the usual values of the Caffe/PyTorch ports).
-The authors' initialisation instead: --config.model.init_std=0.05
---config.model.class_init_std=None --config.model.class_bias=0 (this recipe ran
-with --config.learning_rate=0.1 --config.warmup_epochs=5 before, on whitened
-images at their own scale).
+The authors' initialisation and input scale instead: --config.model.init_std=0.05
+--config.model.class_init_std=None --config.model.class_bias=0
+--config.zca_unit_rms=False.
 Set --config.validation=True to train on 40,000 images and evaluate on the
 other 10,000 (the paper tuned on such a split).
 """

@@ -2,8 +2,8 @@
 
   python -m nin_jax.main --config=configs/cifar10_augmented.py --workdir=/tmp/nin_cifar10_aug
 
-configs/cifar10.py (its initialisation and rates included: see there) plus
-augmentation. The paper says "translation and
+configs/cifar10.py (966,986 parameters; its initialisation and rates included:
+see there) plus augmentation. The paper says "translation and
 horizontal flipping"; the exact translation range is ours: pad 4 pixels
 (zeros, after whitening) and crop a random 32x32 window, flip with
 probability 1/2, a fresh draw for every image of every step.

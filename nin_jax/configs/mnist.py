@@ -19,8 +19,7 @@ Ours (the paper gives no MNIST preprocessing or schedule): per-pixel-value
 standardisation, batch 128, weight decay 1e-4, 60 epochs with the rate / 10
 after 40 and 50.
 The authors' initialisation instead: --config.model.init_std=0.05
---config.model.class_init_std=None --config.model.class_bias=0 (this recipe ran
-with --config.learning_rate=0.05 --config.warmup_epochs=1 before).
+--config.model.class_init_std=None --config.model.class_bias=0.
 """
 
 from nin_jax.configs import default

@@ -19,8 +19,7 @@ matters here: without it, the loss rose to 2.34 at a rate of 0.0012.
 Ours (the paper gives no SVHN schedule): batch 128, weight decay 1e-4, 20
 epochs (94k steps) with the rate / 10 after 10 and 15.
 The authors' initialisation instead: --config.model.init_std=0.05
---config.model.class_init_std=None --config.model.class_bias=0 (this recipe ran
-with --config.learning_rate=0.05 --config.warmup_epochs=0.5 before).
+--config.model.class_init_std=None --config.model.class_bias=0.
 """
 
 from nin_jax.configs import default

@@ -14,18 +14,12 @@ Split (fixed): digit ``i`` of ``sklearn.datasets.load_digits()`` goes to
 The data set is ordered by writer, so both splits cover all writers' styles.
 """
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from nin_jax.datasets import standins
 
 # Dataset names of the non-default configs, as config.dataset spells them.
 CONFIG_NAMES = tuple(f"digits/{name}" for name in standins.STANDINS)
-
-
-def load_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 8, 8, 1), labels int64 (N,)) of the default config's fixed split."""
-    return standins.load("8x8x1", split)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
