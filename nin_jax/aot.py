@@ -81,7 +81,7 @@ def step_record(plan, step) -> dict | None:
         flops_per_chip=costs.flops,
         bytes_accessed_per_chip=costs.bytes_accessed,
         flops_per_image=plan.per_image(step, costs.flops),
-        bytes_per_image=plan.per_image(step, costs.bytes_accessed),
+        bytes_per_image=plan.per_image(step, plan.hbm_bytes(step)),
         bound=roofline.bound,
         roofline_step_seconds=roofline.seconds,
         compute_seconds=roofline.compute_seconds,
@@ -94,6 +94,8 @@ def step_record(plan, step) -> dict | None:
         while_loops=list(hlo.while_loops),
         custom_calls=hlo.custom_calls,
         custom_call_bytes=hlo.custom_call_bytes,
+        costed_kernels=hlo.costed_kernels,
+        costed_kernel_bytes=hlo.costed_kernel_bytes,
         other_collectives=hlo.other_collectives,
     )
     return record
@@ -162,8 +164,14 @@ def caveats(plan) -> list[str]:
             share = hlo.custom_call_bytes / max(costs.bytes_accessed, 1.0)
             notes.append(
                 f"{name}: custom calls ({calls}) are not costed by XLA; their operands and "
-                f"results are {hlo.custom_call_bytes:,} bytes per chip ({share:.2%} of the "
-                "bytes counted)"
+                f"results, {hlo.custom_call_bytes:,} bytes per chip ({share:.2%} of XLA's "
+                "count), are added to the HBM traffic (a lower bound for them)"
+            )
+        if hlo.costed_kernels:
+            notes.append(
+                f"{name}: {hlo.costed_kernels} Pallas kernel call(s) (conv_impl='fused') are "
+                "counted from their own estimates: their matmuls, and their operands and "
+                f"results read and written once ({hlo.costed_kernel_bytes:,} bytes per chip)"
             )
         if hlo.other_collectives:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(hlo.other_collectives.items()))
@@ -177,7 +185,7 @@ def caveats(plan) -> list[str]:
             "float32: the compute bound uses the bf16 peak (TPU matmuls at JAX's default "
             "precision are one bf16 pass)"
         )
-    if plan.config.preprocess == "gcn_zca":
+    if plan.config.preprocess == "gcn_zca" and plan.config.dtype == "float32":
         notes.append(
             "the ZCA whitening matmul runs at HIGHEST precision (several bf16 passes); its "
             "FLOPs are counted once"

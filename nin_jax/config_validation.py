@@ -19,7 +19,7 @@ PREPROCESSINGS = ("standardize", "gcn_zca", "lcn")
 AUGMENTATIONS = ("none", "crop_flip")
 HEADS = ("gap", "fc", "fc_dropout")
 KERNEL_INITS = ("lecun_normal", "he_normal", "he_normal_zero_mean")
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "fused")
 DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("cosine", "step", "constant")
 
@@ -149,6 +149,8 @@ def _check_profile_steps(config: ml_collections.ConfigDict) -> None:
 def _check_models(config: ml_collections.ConfigDict) -> None:
     if not _is_int(config.num_models) or config.num_models < 1:
         _fail("num_models", config.num_models, "an integer >= 1")
+    if config.num_models > 1 and config.model.conv_impl == "fused":
+        _fail("model.conv_impl", "fused", "another with num_models > 1 (the kernel is per model)")
     if config.init_seed is not None and not (_is_int(config.init_seed) and config.init_seed >= 0):
         _fail("init_seed", config.init_seed, "None (use seed) or an integer >= 0")
     allowed = {  # hyperparameter: (check, what it must be)

@@ -4,7 +4,7 @@ The network is three mlpconv blocks (a k x k convolution and two 1 x 1 "cccp"
 convolutions, each followed by ReLU), 3x3/2 max pooling and dropout after the
 first two blocks, and global average pooling over the last block's class maps.
 
-Convolutions have two implementations with one parameter tree
+Convolutions have three implementations with one parameter tree
 (``kernel`` in HWIO layout and ``bias``, as ``flax.linen.Conv``):
 
 * ``'xla'``: ``lax.conv_general_dilated`` (1 x 1 convolutions as matmuls over
@@ -14,7 +14,11 @@ Convolutions have two implementations with one parameter tree
   convolutions as Winograd F(4x4, k x k) (or im2col for the RGB layer and small
   maps), and max pooling with an argmax-mask gradient (``nin_jax.cpu_ops``).
   XLA:CPU runs these several times faster than its native convolution gradients
-  and select-and-scatter.
+  and select-and-scatter;
+* ``'fused'`` (TPU): ``'xla'``'s k x k convolutions and pooling, and the rest of
+  each mlpconv block (the convolution's bias and ReLU, both 1x1 layers and their
+  ReLUs) as one Pallas kernel (``nin_jax.fused_mlpconv``), which keeps those
+  activations out of HBM. Elsewhere it runs in Pallas's interpreter (for tests).
 
 ``conv_impl='auto'`` picks ``'matmul'`` on the CPU backend and ``'xla'``
 elsewhere, so a checkpoint moves between CPU and accelerators unchanged; the
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from nin_jax import cpu_ops
+from nin_jax import cpu_ops, fused_mlpconv
 
 Dtype = Any
 
@@ -90,14 +94,14 @@ def resolve_conv_impl(conv_impl: str, platform: str | None = None) -> str:
     if conv_impl == "auto":
         platform = jax.default_backend() if platform is None else platform
         return "matmul" if platform == "cpu" else "xla"
-    if conv_impl not in ("xla", "matmul"):
-        raise ValueError(f"conv_impl must be 'auto', 'xla' or 'matmul', got {conv_impl!r}")
+    if conv_impl not in ("xla", "matmul", "fused"):
+        raise ValueError(f"conv_impl must be 'auto', 'xla', 'matmul' or 'fused', got {conv_impl!r}")
     return conv_impl
 
 
 def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
     """3x3 max pooling, stride 2, padding 1 (padded cells never win), as PyTorch's MaxPool2d."""
-    if impl == "xla":
+    if impl in ("xla", "fused"):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return cpu_ops.max_pool_3x3_s2(x)
 
@@ -140,6 +144,23 @@ class Conv2D(nn.Module):
         return y + bias
 
 
+class ConvParams(nn.Module):
+    """``Conv2D``'s parameters without its computation: ``(kernel, bias)`` in ``dtype``."""
+
+    features: int
+    kernel_size: int
+    dtype: Dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, in_features, self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
 class MlpConv(nn.Module):
     """One mlpconv block: k x k conv -> ReLU -> 1x1 (cccp1) -> ReLU -> 1x1 (cccp2) -> ReLU."""
 
@@ -152,27 +173,48 @@ class MlpConv(nn.Module):
     # others) and its bias (the others' start at 0).
     last_kernel_init: nn.initializers.Initializer | None = None
     last_bias: float = 0.0
+    # conv_impl='fused': run the kernel in Pallas's interpreter (any backend) or compiled
+    # for a TPU.
+    interpret: bool = False
+
+    def _inits(self, name: str) -> dict[str, nn.initializers.Initializer]:
+        last = name == "cccp2"
+        kernel_init = self.kernel_init
+        if last and self.last_kernel_init is not None:
+            kernel_init = self.last_kernel_init
+        bias_init = nn.initializers.constant(self.last_bias if last else 0.0)
+        return {"kernel_init": kernel_init, "bias_init": bias_init}
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         names = ("conv", "cccp1", "cccp2")
+        if self.conv_impl == "fused":
+            return self._fused(x, names)
         for name, width in zip(names, self.widths, strict=True):
             kernel_size = self.kernel_size if name == "conv" else 1
             conv = Conv2D(
-                width,
-                kernel_size,
-                conv_impl=self.conv_impl,
-                dtype=self.dtype,
-                kernel_init=(
-                    self.last_kernel_init
-                    if name == "cccp2" and self.last_kernel_init is not None
-                    else self.kernel_init
-                ),
-                bias_init=nn.initializers.constant(self.last_bias if name == "cccp2" else 0.0),
-                name=name,
+                width, kernel_size, self.conv_impl, self.dtype, **self._inits(name), name=name
             )
             x = nn.relu(conv(x))
         return x
+
+    def _fused(self, x: jax.Array, names: Sequence[str]) -> jax.Array:
+        fan_ins = (x.shape[-1], *self.widths[:2])
+        sizes = zip(names, (self.kernel_size, 1, 1), fan_ins, self.widths, strict=True)
+        (k0, b0), (k1, b1), (k2, b2) = (
+            ConvParams(width, size, self.dtype, **self._inits(name), name=name)(fan_in)
+            for name, size, fan_in, width in sizes
+        )
+        pad = self.kernel_size // 2
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            k0,
+            window_strides=(1, 1),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        w1, w2 = k1.reshape(k1.shape[2:]), k2.reshape(k2.shape[2:])
+        return fused_mlpconv.tail(y, b0, w1, b1, w2, b2, interpret=self.interpret)
 
 
 class NIN(nn.Module):
@@ -198,8 +240,11 @@ class NIN(nn.Module):
         head's dense kernel) as the others, or the std of its Gaussian
         initialisation (0: zeros).
       class_bias: the initial bias of the class layer (the last cccp layer).
-      conv_impl: 'auto', 'xla' or 'matmul' (see the module docstring).
+      conv_impl: 'auto', 'xla', 'matmul' or 'fused' (see the module docstring).
       dtype: computation dtype; parameters stay float32.
+      pallas_interpret: with ``conv_impl='fused'``, run its kernel in Pallas's
+        interpreter; ``None``: unless JAX's default backend is a TPU
+        (``from_config`` sets it for the devices the model runs on).
     """
 
     num_classes: int = 10
@@ -213,6 +258,7 @@ class NIN(nn.Module):
     class_bias: float = 0.0
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
+    pallas_interpret: bool | None = None
 
     def setup(self):
         if len(self.widths) != len(self.kernel_sizes):
@@ -242,6 +288,11 @@ class NIN(nn.Module):
                 kernel_init=kernel_init,
                 last_kernel_init=class_kernel_init if i == last else None,
                 last_bias=self.class_bias if i == last else 0.0,
+                interpret=(
+                    jax.default_backend() != "tpu"
+                    if self.pallas_interpret is None
+                    else self.pallas_interpret
+                ),
                 name=f"mlpconv{i + 1}",
             )
             for i, (widths, kernel_size) in enumerate(
@@ -306,4 +357,6 @@ def from_config(config, num_classes: int, platform: str | None = None) -> NIN:
     """
     fields = config.model.to_dict()
     fields["conv_impl"] = resolve_conv_impl(fields["conv_impl"], platform)
+    if platform is not None:
+        fields["pallas_interpret"] = platform != "tpu"
     return NIN(num_classes=num_classes, dtype=DTYPES[config.dtype], **fields)

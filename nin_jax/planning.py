@@ -92,13 +92,19 @@ class Plan:
         """A per-device figure of one call of ``step`` as the slice's total per image."""
         return figure * self.chips / self.config.batch_size
 
+    @staticmethod
+    def hbm_bytes(step: StepPlan) -> float:
+        """HBM bytes one device moves per call of ``step``: XLA's count, plus the operands and
+        results of the custom calls it does not cost (a lower bound for those)."""
+        return step.analysis.costs.bytes_accessed + step.analysis.hlo.custom_call_bytes
+
     def roofline(self, step: StepPlan) -> Roofline | None:
         if step.analysis is None:
             return None
         chip, costs = self.slice.chip, step.analysis.costs
         return Roofline(
             compute_seconds=costs.flops / (chip.bf16_tflops * 1e12),
-            memory_seconds=costs.bytes_accessed / (chip.hbm_gbps * 1e9),
+            memory_seconds=self.hbm_bytes(step) / (chip.hbm_gbps * 1e9),
         )
 
     @property

@@ -42,11 +42,28 @@ def global_contrast_normalize(images: jax.Array, scale: float = GCN_SCALE) -> ja
     return scale * x / jnp.where(norm < 1e-8, 1.0, norm)
 
 
-def zca_whiten(images: jax.Array, mean: jax.Array, whitening: jax.Array) -> jax.Array:
-    """``(gcn(x) - mean) @ W``, shape preserved; full float32 precision on every backend."""
+def zca_whiten(
+    images: jax.Array, mean: jax.Array, whitening: jax.Array, dtype: str = "float32"
+) -> jax.Array:
+    """``(gcn(x) - mean) @ W``, shape preserved, float32.
+
+    ``dtype`` is the model's computation dtype. 'float32': full float32 precision on
+    every backend. 'bfloat16': the matmul in bfloat16 with float32 accumulation (the
+    model rounds its input to bfloat16 anyway); a HIGHEST-precision matmul is six
+    bfloat16 passes over W, which made it a tenth of the TPU train step's HBM traffic
+    (docs/PERFORMANCE.md). It contracts W's second axis (W is symmetric), which
+    spares XLA a transposed copy of W.
+    """
     x = global_contrast_normalize(images)
     flat = x.reshape(x.shape[0], -1) - mean
-    white = jnp.matmul(flat, whitening, precision=jax.lax.Precision.HIGHEST)
+    if dtype == "bfloat16":
+        bf16 = jnp.bfloat16
+        white = jnp.einsum(
+            "be,de->bd", flat.astype(bf16), whitening.astype(bf16),
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
+    else:
+        white = jnp.matmul(flat, whitening, precision=jax.lax.Precision.HIGHEST)
     return white.reshape(x.shape)
 
 
@@ -96,12 +113,13 @@ def stats_shapes(name: str, image_shape: tuple[int, ...]) -> dict[str, tuple[int
     return {}  # 'lcn'
 
 
-def apply(name: str, stats: Stats, images: jax.Array) -> jax.Array:
-    """uint8 (N, H, W, C) -> float32 model input, by ``config.preprocess`` ``name``."""
+def apply(name: str, stats: Stats, images: jax.Array, dtype: str = "float32") -> jax.Array:
+    """uint8 (N, H, W, C) -> float32 model input, by ``config.preprocess`` ``name``, for a
+    model computing in ``dtype`` (``config.dtype``)."""
     if name == "standardize":
         return standardize(images, stats["mean"], stats["std"])
     if name == "gcn_zca":
-        return zca_whiten(images, stats["mean"], stats["whitening"])
+        return zca_whiten(images, stats["mean"], stats["whitening"], dtype)
     if name == "lcn":
         return local_contrast_normalize(images)
     raise ValueError(f"unknown preprocessing {name!r}")  # config_validation admits no other.

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nin_jax import ensemble, models, optimizer, preprocessing, steps
+from nin_jax.errors import ConfigError
 
 Abstract = jax.ShapeDtypeStruct
 
@@ -51,10 +52,14 @@ def build(
 ) -> Programs:
     """The programs of ``config`` on ``mesh`` (``steps.create_mesh``); the model's
     ``conv_impl='auto'`` resolves for the mesh's platform, not for this process's backend."""
+    if config.model.conv_impl == "fused" and platform(mesh) == "gpu":
+        raise ConfigError(
+            "config.model.conv_impl='fused' is a TPU kernel; on a GPU use 'xla' or 'auto'"
+        )
     model = models.from_config(config, num_classes, platform(mesh))
     learning_rate_fn, tx = optimizer.create(config, steps_per_epoch, total_steps)
     init = ensemble.state_initializer(config, model, image_shape, tx, mesh)
-    inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
+    inputs = steps.Inputs(config.preprocess, config.augment, config.seed, config.dtype)
     jit_train, jit_eval = steps.compile_steps(mesh, inputs, config.num_models)
     return Programs(model, learning_rate_fn, init, jit_train, jit_eval)
 

@@ -69,10 +69,11 @@ class Trained:
         training, in fixed-size jitted batches."""
         stats = self.info.preprocess_params
         params = self.model_params(model)
+        dtype = self.config.get("dtype", "float32")
 
         @jax.jit
         def fn(pixels):
-            x = preprocessing.apply(self.info.preprocess, stats, pixels)
+            x = preprocessing.apply(self.info.preprocess, stats, pixels, dtype)
             return self.model.apply(
                 {"params": params}, x, train=False, method=getattr(self.model, method)
             )
@@ -113,6 +114,8 @@ def load(workdir: str, step: int | None = None) -> Trained:
     config = workdir_lib.load_config(workdir)
     info = workdir_lib.load_dataset_info(workdir)
     model = models.from_config(config, info.num_classes)
+    if model.conv_impl == "fused" and jax.default_backend() != "tpu":
+        model = model.clone(conv_impl="auto")  # The same parameters; not interpreted.
     restored, step = checkpointing.read(workdir, step)
     expected = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)

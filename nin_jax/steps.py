@@ -143,16 +143,18 @@ class Inputs:
     preprocess: str  # config.preprocess
     augment: str  # config.augment
     seed: int  # config.seed: augmentation draws are a function of (seed, step, row)
+    dtype: str = "float32"  # config.dtype, the model's computation dtype
 
     def train_batch(self, stats: Batch, table: Batch | None, batch: Batch, step) -> Batch:
         if "index" in batch:  # Gather the rows from the split on the devices.
             batch = {key: table[key][batch["index"]] for key in ("image", "label")}
-        images = preprocessing.apply(self.preprocess, stats, batch["image"])
+        images = preprocessing.apply(self.preprocess, stats, batch["image"], self.dtype)
         images = augmentation.apply(self.augment, images, self.seed, step)
         return {"image": images, "label": batch["label"]}
 
     def eval_batch(self, stats: Batch, batch: Batch) -> Batch:
-        return {**batch, "image": preprocessing.apply(self.preprocess, stats, batch["image"])}
+        images = preprocessing.apply(self.preprocess, stats, batch["image"], self.dtype)
+        return {**batch, "image": images}
 
 
 def ensemble_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -185,18 +187,22 @@ def compile_steps(
     model axis and both steps are ``jax.vmap``-ed over it (the batch is shared).
     """
 
+    # Traced under the mesh, so that a kernel XLA cannot partition (conv_impl='fused')
+    # finds the 'data' axis to run on each device's shard (jax.shard_map).
     def train_on_inputs(state, batch, dropout_rng, stats, table):
         step = state.step if num_models == 1 else state.step[0]
-        prepared = inputs.train_batch(stats, table, batch, step)
-        if num_models == 1:
-            return train_step(state, prepared, dropout_rng)
-        return jax.vmap(train_step, in_axes=(0, None, 0))(state, prepared, dropout_rng)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            prepared = inputs.train_batch(stats, table, batch, step)
+            if num_models == 1:
+                return train_step(state, prepared, dropout_rng)
+            return jax.vmap(train_step, in_axes=(0, None, 0))(state, prepared, dropout_rng)
 
     def eval_on_inputs(state, batch, stats):
-        prepared = inputs.eval_batch(stats, batch)
-        return (
-            eval_step(state, prepared) if num_models == 1 else ensemble_eval_step(state, prepared)
-        )
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            prepared = inputs.eval_batch(stats, batch)
+            if num_models == 1:
+                return eval_step(state, prepared)
+            return ensemble_eval_step(state, prepared)
 
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))

@@ -5,8 +5,10 @@ device: arguments, outputs, aliased, temporaries, generated code), its cost
 analysis (FLOPs, bytes accessed, per device and per call) and its optimised HLO,
 for the three cases where the cost analysis is blind: a ``while`` loop's body is
 counted once whatever its trip count, a custom call (a kernel XLA does not
-emit itself) is counted as nothing, and collectives (the gradient all-reduce)
-move bytes over the chip-to-chip links that the HBM figures do not include.
+emit itself) is counted as nothing unless it carries its own cost estimate (a
+Pallas kernel's ``cost_estimate``, which XLA adds in), and collectives (the
+gradient all-reduce) move bytes over the chip-to-chip links that the HBM figures
+do not include.
 ``out_of_memory(error)`` turns the compiler's out-of-memory error into figures.
 """
 
@@ -65,8 +67,10 @@ class HloFacts:
     """What the optimised HLO shows that the cost analysis does not account for."""
 
     while_loops: tuple[int | None, ...]  # known trip count of each loop (None: unknown)
-    custom_calls: dict[str, int]  # target -> count
-    custom_call_bytes: int  # operands and results of the custom calls, per device
+    custom_calls: dict[str, int]  # target -> count, of the custom calls XLA does not cost
+    custom_call_bytes: int  # operands and results of those custom calls, per device
+    costed_kernels: int  # custom calls with a cost estimate (Pallas kernels): counted by XLA
+    costed_kernel_bytes: int  # their operands and results, per device
     all_reduce_bytes: int  # results of the all-reduces per device: gradients and metrics
     other_collectives: dict[str, int]  # op -> count
 
@@ -106,13 +110,14 @@ def hlo_facts(hlo_text: str) -> HloFacts:
     """Loops, custom calls and collectives of an optimised HLO module's text.
 
     An async collective counts once (its ``-start``). A custom call's bytes are its
-    result's and its operands' (found by name: optimised HLO omits operand shapes).
+    result's and its operands' (found by name: optimised HLO omits operand shapes); one
+    whose backend config holds a ``cost_estimate`` is costed by XLA and counted apart.
     """
     instructions = [m.groups() for m in map(_INSTRUCTION.match, hlo_text.splitlines()) if m]
     shapes = {name: shape for name, shape, _, _ in instructions}
     loops: list[int | None] = []
     calls: dict[str, int] = {}
-    call_bytes = all_reduce = 0
+    call_bytes = all_reduce = costed = costed_bytes = 0
     others: dict[str, int] = {}
     for _, shape, op, rest in instructions:
         base = op.removesuffix("-start")
@@ -122,14 +127,18 @@ def hlo_facts(hlo_text: str) -> HloFacts:
         elif op == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rest)
             name = target[1] if target else "?"
-            calls[name] = calls.get(name, 0) + 1
             operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
-            call_bytes += array_bytes(shape) + sum(array_bytes(shapes.get(o, "")) for o in operands)
+            size = array_bytes(shape) + sum(array_bytes(shapes.get(o, "")) for o in operands)
+            if "cost_estimate" in rest:
+                costed, costed_bytes = costed + 1, costed_bytes + size
+            else:
+                calls[name] = calls.get(name, 0) + 1
+                call_bytes += size
         elif base == "all-reduce" and not op.endswith("-done"):
             all_reduce += array_bytes(shape)
         elif base in _COLLECTIVES and not op.endswith("-done"):
             others[base] = others.get(base, 0) + 1
-    return HloFacts(tuple(loops), calls, call_bytes, all_reduce, others)
+    return HloFacts(tuple(loops), calls, call_bytes, costed, costed_bytes, all_reduce, others)
 
 
 def analyse(compiled) -> Analysis:

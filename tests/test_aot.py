@@ -77,9 +77,26 @@ def test_single_host_slice(single_host):
     assert 2 * eval_flops < train_flops < 5 * eval_flops
     roofline = plan.roofline(plan.train)
     assert roofline.bound == "memory"  # 8 channels do no matmul work worth the name.
-    assert roofline.memory_seconds == pytest.approx(train.costs.bytes_accessed / 819e9)
+    hbm_bytes = train.costs.bytes_accessed + train.hlo.custom_call_bytes  # + uncosted calls'.
+    assert roofline.memory_seconds == pytest.approx(hbm_bytes / 819e9)
     # load_config's 2 steps, then one evaluation of the 360 test digits in 12 batches of 32.
     assert (plan.schedule.total_steps, plan.evaluations, plan.eval_batches) == (2, 1, 12)
+
+
+@needs_libtpu
+def test_fused_kernels_compile_and_are_costed(single_host):
+    """conv_impl='fused': each block's kernel, forward and backward, compiled for the TPU
+    (not interpreted), costed by XLA from its own estimate; the XLA path's FLOPs kept."""
+    plan = compile_for("v5e-4", batch_size=32, model__conv_impl="fused")
+    assert plan.fits and plan.conv_impl == "fused"
+    train, evaluate = plan.train.analysis.hlo, plan.eval.analysis.hlo
+    assert (train.costed_kernels, evaluate.costed_kernels) == (6, 3)
+    assert "tpu_custom_call" not in train.custom_calls and not train.while_loops
+    # Activations in, activations out, at least: 8 channels of each 8x8 (then 4x4, 2x2) map.
+    assert train.costed_kernel_bytes > 32 / 4 * 8 * (64 + 16 + 4) * 4 * 2
+    flops = plan.per_image(plan.train, plan.train.analysis.costs.flops)
+    xla_flops = single_host.per_image(single_host.train, single_host.train.analysis.costs.flops)
+    assert flops == pytest.approx(xla_flops, rel=0.25)  # The backward kernel recomputes.
 
 
 @needs_libtpu

@@ -23,6 +23,7 @@ ENTRY %main (p: f32[5,5,3,192]) -> f32[5,5,3,192] {
   %ars = f32[10]{0} all-reduce-start(%c), channel_id=2, to_apply=%add
   %ard = f32[10]{0} all-reduce-done(%ars)
   %ag = bf16[16,4]{1,0} all-gather(%d), dimensions={0}
+  %k = bf16[64,8,32]{2,1,0} custom-call(%p), custom_call_target="tpu_custom_call", backend_config={"custom_call_config": {"cost_estimate": {"flops": 1, "bytes_accessed": 2}}}
   ROOT %r = f32[5,5,3,192]{3,2,1,0} copy(%p)
 }
 """  # noqa: E501
@@ -38,6 +39,9 @@ def test_hlo_facts():
     assert facts.while_loops == (12, None)
     assert facts.custom_calls == {"GatherScatterIndicesBitpacked": 1}
     assert facts.custom_call_bytes == 2 * 8 * 2 * 4  # Its s32[8,2] result and operand.
+    # A kernel with its own cost estimate (Pallas): costed by XLA, counted apart.
+    assert facts.costed_kernels == 1
+    assert facts.costed_kernel_bytes == 2 * 64 * 8 * 32 + 4 * 5 * 5 * 3 * 192
     # The tuple all-reduce (gradients) and the async one, counted once: 4 bytes per f32.
     assert facts.all_reduce_bytes == 4 * (192 + 5 * 5 * 3 * 192) + 4 * 10
     assert facts.other_collectives == {"all-gather": 1}

@@ -59,8 +59,11 @@ def get_config() -> ml_collections.ConfigDict:
     # the others, or N(0, class_init_std) (0: zeros); and its initial bias.
     config.model.class_init_std = ml_collections.config_dict.placeholder(float)
     config.model.class_bias = 0.0
-    # 'auto' (matmul/im2col on CPU, XLA convolutions on GPU/TPU), 'xla' or 'matmul'
-    # ('matmul' is also the faster for num_models > 1 on a GPU: docs/PERFORMANCE.md).
+    # 'auto' (matmul/im2col on CPU, XLA convolutions on GPU/TPU), 'xla', 'matmul'
+    # ('matmul' is also the faster for num_models > 1 on a GPU: docs/PERFORMANCE.md)
+    # or 'fused' (TPU, one model: XLA convolutions and a Pallas kernel for the rest of
+    # each block, about half the HBM traffic: docs/PERFORMANCE.md; interpreted, so
+    # slow, on a CPU).
     config.model.conv_impl = "auto"
     # Computation dtype: 'float32' or 'bfloat16' (parameters stay float32).
     config.dtype = "float32"

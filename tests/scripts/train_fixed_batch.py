@@ -39,7 +39,7 @@ def fixed_batch_training(num_models: int) -> dict:
     stats = steps.replicate(
         {"mean": np.full(3, 120.0, np.float32), "std": np.full(3, 60.0, np.float32)}, mesh
     )
-    inputs = steps.Inputs(config.preprocess, config.augment, config.seed)
+    inputs = steps.Inputs(config.preprocess, config.augment, config.seed, config.dtype)
     jit_train, _ = steps.compile_steps(mesh, inputs, num_models)
     losses = []
     for _ in range(3):
