@@ -125,7 +125,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(workdir, digits_data_dir):
     before = checkpoint_state(workdir)
     result = main_cli(
         workdir, digits_data_dir, "--config.num_train_steps=6", "--config.learning_rate=1e30",
-        "--config.checkpoint_every_steps=1",
+        "--config.checkpoint_every_steps=1", "--allow_schedule_change",
     )  # fmt: skip
     assert_one_line_error(result, "became inf by step 3", "last good checkpoint")
     assert checkpoint_state(workdir)[0] == before[0]
