@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from nin_jax import cpu_ops, fused_mlpconv
+from nin_jax import cpu_ops
 
 Dtype = Any
 
@@ -199,6 +199,8 @@ class MlpConv(nn.Module):
         return x
 
     def _fused(self, x: jax.Array, names: Sequence[str]) -> jax.Array:
+        from nin_jax import fused_mlpconv  # Pallas: imported by the runs that use it only.
+
         fan_ins = (x.shape[-1], *self.widths[:2])
         sizes = zip(names, (self.kernel_size, 1, 1), fan_ins, self.widths, strict=True)
         (k0, b0), (k1, b1), (k2, b2) = (
