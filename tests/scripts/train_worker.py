@@ -26,8 +26,8 @@ def save_local_params(state: steps.TrainState, workdir: str) -> None:
     )
 
 
-def train_and_save(config, workdir):
-    state, results = train_and_evaluate(config, workdir)
+def train_and_save(config, workdir, allow_schedule_change=False):
+    state, results = train_and_evaluate(config, workdir, allow_schedule_change)
     save_local_params(state, workdir)
     return state, results
 
