@@ -137,6 +137,7 @@ def test_two_slices():
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_batch_far_too_large_does_not_fit():
     """SVHN at the paper's widths, 131,072 images per v5e chip: the compiler's out-of-memory
     is the verdict, with its figures, the table and the JSON line; exit code 2."""

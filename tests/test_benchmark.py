@@ -8,6 +8,7 @@ from helpers import assert_one_line_error, run_cli
 TINY = ("--config.model.widths=((8,8,8),(8,8,8),(8,8))", "--batch_size=8", "--steps=1")
 
 
+@pytest.mark.slow
 def test_benchmark_prints_one_json_record(digits_data_dir):
     result = run_cli(
         "nin_jax.benchmark", "--config=configs/digits.py", f"--config.data_dir={digits_data_dir}",

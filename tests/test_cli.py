@@ -28,6 +28,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow
 def test_a_config_of_its_own_runs_from_another_directory(tmp_path, digits_data_dir):
     """A user's config file outside the repository, built on a recipe, run from its folder
     with nin_jax imported as installed (not from the repository root)."""

@@ -32,6 +32,7 @@ def pair(tmp_path_factory, digits_data_dir) -> tuple[str, dict]:
     return workdir, results
 
 
+@pytest.mark.slow
 def test_two_models_train_exactly_as_two_single_runs(pair, digits_data_dir, tmp_path):
     workdir, results = pair
     stacked = restore.load(workdir).params
@@ -60,6 +61,7 @@ def test_results_hold_every_model_and_the_ensemble(pair):
     assert results["ensemble_test_accuracy"] == pytest.approx(1 - results["ensemble_test_error"])
 
 
+@pytest.mark.slow
 def test_tools_pick_a_model_or_the_ensemble(pair):
     workdir, results = pair
     for k, model in enumerate(results["models"]):

@@ -48,6 +48,7 @@ def main_cli(workdir: str, data_dir: str, *overrides: str, config: str = "digits
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_different_model_in_workdir(workdir, digits_data_dir):
     before = checkpoint_state(workdir)
     result = main_cli(workdir, digits_data_dir, "--config.model.kernel_sizes=(3,3,3)")
@@ -100,6 +101,7 @@ def test_tools_refuse_a_checkpoint_of_another_model(workdir):
     assert tree_hash(os.path.join(workdir, "checkpoints")) == before
 
 
+@pytest.mark.slow
 def test_dataset_not_prepared_offline(tmp_path):
     """TFDS cannot download here; its retries are turned off so the test is quick."""
     workdir, empty = tmp_path / "workdir", tmp_path / "empty_data_dir"
@@ -121,6 +123,7 @@ def test_dataset_not_prepared_offline(tmp_path):
     assert not (workdir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_keeps_the_last_good_checkpoint(workdir, digits_data_dir):
     before = checkpoint_state(workdir)
     result = main_cli(
@@ -163,6 +166,7 @@ def test_missing_checkpoint_step(workdir):
     assert checkpoint_state(workdir) == before
 
 
+@pytest.mark.slow
 def test_not_a_workdir_is_one_line_from_the_command(tmp_path):
     result = run_cli("nin_jax.evaluate", f"--workdir={tmp_path}")
     assert_one_line_error(result, f"{tmp_path}/config.json is missing")

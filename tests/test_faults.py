@@ -423,6 +423,7 @@ def test_the_issue_cases_name_the_file(trained_workdir, trained, tmp_path, capsy
     ])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_refits_a_damaged_zca_cache(digits_data_dir, tmp_path, caplog):
     data_dir = str(tmp_path / "tfds")
     shutil.copytree(digits_data_dir, data_dir)

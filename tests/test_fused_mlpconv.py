@@ -57,6 +57,7 @@ def test_tail_values_and_gradients_equal_xla():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nin_has_the_xla_parameters_and_gradients():
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     labels = jnp.arange(4)

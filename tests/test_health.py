@@ -121,6 +121,7 @@ def test_dead_class_warning_after_two_consecutive_log_points():
     assert monitor.update(12, dead_c) == []  # said once while it stays dead
 
 
+@pytest.mark.slow
 def test_warnings_fire_on_a_run_pinned_at_ln_c():
     """All class maps dead: every logit 0, the loss exactly ln 10, and no gradient."""
     model = models.NIN(widths=TINY, conv_impl="xla")

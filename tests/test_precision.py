@@ -35,6 +35,7 @@ def test_bfloat16_logits_are_float32_and_close_to_float32(conv_impl):
     np.testing.assert_allclose(logits16, logits32, atol=0.05 * scale)
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_keeps_float32_state_and_gradients_close():
     state16, batch = _setup("bfloat16", "auto")
     state32, _ = _setup("float32", "auto")

@@ -1,10 +1,12 @@
 """config.profile_steps writes a trace TensorBoard's profile plugin opens."""
 
+import pytest
 from helpers import load_config
 
 from nin_jax import train
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace(tmp_path, digits_data_dir):
     config = load_config(
         "digits", data_dir=digits_data_dir, num_train_steps=4, profile_steps=(2, 3),

@@ -144,15 +144,15 @@ def mock_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-# cifar10 and cifar10_fc are cifar10_augmented without its augmentation and
-# cifar10_fc_dropout without its dropout: the slow tier runs them.
-SUBSUMED = ("cifar10", "cifar10_fc")
+# The fast tier runs one recipe per input pipeline besides GCN + ZCA (mnist:
+# standardisation, svhn: LCN); the slow tier runs them all.
+SLOW_RECIPES = ("cifar10", "cifar10_fc", "cifar100", "cifar10_augmented", "cifar10_fc_dropout")
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(r, marks=pytest.mark.slow) if r in SUBSUMED else r
+        pytest.param(r, marks=pytest.mark.slow) if r in SLOW_RECIPES else r
         for r in RECIPES
         if r not in ("default", "digits")
     ],
@@ -169,7 +169,8 @@ def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path
     assert results["test_examples"] == MOCK_EXAMPLES
 
 
-@pytest.mark.parametrize("name", [pytest.param("default", marks=pytest.mark.slow), "digits"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["default", "digits"])
 def test_digits_recipes_evaluate_every_example_of_1001_once(name, digits_data_dir, tmp_path):
     """A 1,001-example eval split with global batch 128: 8 batches, the last one padded."""
     config = tiny_recipe(name, data_dir=digits_data_dir, eval_split="train[:1001]", batch_size=128)

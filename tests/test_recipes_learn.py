@@ -210,6 +210,7 @@ def test_recipe_takes_a_fixed_batch_of_real_images_below_0_9_ln_c(name):
     assert relative.min() < 0.9, relative.round(3)
 
 
+@pytest.mark.slow
 def test_the_authors_initialisation_stays_at_ln_c_on_the_same_batch():
     images, labels, num_classes = learning_batch("28x28x1")
     relative = fixed_batch_losses(recipe("mnist", **AUTHORS), images, labels, num_classes)

@@ -53,6 +53,7 @@ TRAIN_SCALARS = {
 BLOCK_SCALARS = {f"{kind}/mlpconv{i}" for kind in ("activation_rms", "grad_norm") for i in "123"}
 
 
+@pytest.mark.slow
 def test_tensorboard_has_train_and_eval_scalars(workdir):
     events = read_events(workdir)
     names = set(read_jsonl(workdir)[0]) - {"split", "step", "time"}

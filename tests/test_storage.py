@@ -89,6 +89,7 @@ def test_a_local_line_log_appends(tmp_path):
     assert storage.read_text(path) == "a\nb\n"
 
 
+@pytest.mark.slow
 def test_the_tools_create_missing_output_directories(trained_workdir, tmp_path):
     curves = tmp_path / "a" / "b" / "curves.png"
     assert plot.run(trained_workdir, str(curves)) == str(curves) and curves.stat().st_size

@@ -30,6 +30,7 @@ def png_size(path) -> tuple[int, int]:
         return image.size
 
 
+@pytest.mark.slow
 def test_plot_renders_curves(workdir, tmp_path):
     output = tmp_path / "curves.png"
     assert plot.run(workdir, str(output)) == str(output)
@@ -58,6 +59,7 @@ def test_evaluate_matches_training_results(workdir):
         assert json.load(f) == result
 
 
+@pytest.mark.slow
 def test_evaluate_command_at_a_chosen_step(workdir, tmp_path):
     result = run_cli(
         "nin_jax.evaluate", f"--workdir={workdir}", "--step=10", f"--output_dir={tmp_path}"

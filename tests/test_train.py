@@ -11,14 +11,8 @@ from helpers import load_config
 from nin_jax import health, train
 
 
-@pytest.mark.parametrize(
-    "name",  # test_recipes.py trains every recipe under mock data too.
-    [
-        pytest.param("svhn", marks=pytest.mark.slow),
-        pytest.param("cifar10", marks=pytest.mark.slow),
-        "mnist",
-    ],
-)
+@pytest.mark.slow  # test_recipes.py trains every recipe under mock data too.
+@pytest.mark.parametrize("name", ["svhn", "cifar10", "mnist"])
 def test_one_step_end_to_end_on_mock_data(name, tmp_path):
     # Standardisation for all: fitting CIFAR's 3072 x 3072 ZCA takes ~40 s here, and the
     # recipes' own preprocessing is covered by test_recipes.py.
@@ -38,6 +32,7 @@ def params_of(state):
     return [np.asarray(p) for p in jax.tree.leaves(state.params)]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path, digits_data_dir):
     # A constant rate makes the schedule independent of the step budget, so the resumed run
     # must reproduce an uninterrupted one exactly (data order and dropout depend on the step).
@@ -63,6 +58,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, digits_data_dir):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_split_on_the_devices_trains_exactly_as_host_batches(tmp_path, digits_data_dir):
     """config.data_on_device gathers the same rows on the devices: the same training."""
     trained = {}
@@ -77,6 +73,7 @@ def test_the_split_on_the_devices_trains_exactly_as_host_batches(tmp_path, digit
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_run_pinned_at_ln_c_logs_one_warning(tmp_path, digits_data_dir, caplog):
     """Tiny initial weights keep every logit near 0: the loop says so, and trains on."""
     caplog.set_level("WARNING", logger="absl")
