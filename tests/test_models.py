@@ -73,6 +73,7 @@ def test_matches_independent_lax_reference(conv_impl):
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_matches_the_seeds_pytorch_network():
     torch = pytest.importorskip("torch")
     from benchmarks.torch_nin import NIN as SeedNIN

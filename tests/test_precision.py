@@ -22,7 +22,7 @@ def _setup(dtype: str, conv_impl: str):
     return state, batch
 
 
-@pytest.mark.parametrize("conv_impl", ["matmul", "xla"])
+@pytest.mark.parametrize("conv_impl", [pytest.param("matmul", marks=pytest.mark.slow), "xla"])
 def test_bfloat16_logits_are_float32_and_close_to_float32(conv_impl):
     state16, batch = _setup("bfloat16", conv_impl)
     state32, _ = _setup("float32", conv_impl)
