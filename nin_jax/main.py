@@ -108,6 +108,13 @@ def main(argv: list[str]) -> None:
             f"(error {results['test_error']:.2%}) at step {results['step']}; "
             f"results in {FLAGS.workdir}/results.json"
         )
+    if distributed is not None:
+        # No process leaves before the others are done: process 0 hosts the coordination
+        # service, and its exit aborts any process still working (e.g. still writing).
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("nin_jax.main: done")
+        jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
