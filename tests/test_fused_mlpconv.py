@@ -118,6 +118,7 @@ print("equal", loss_a)
 """
 
 
+@pytest.mark.slow
 def test_train_step_on_two_devices_equals_xla():
     env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     tests = os.path.dirname(__file__)

@@ -98,9 +98,8 @@ def test_matches_the_seeds_pytorch_network():
 
 # 32x32 runs the CPU path's Winograd form in the later blocks; 8x8 (digits) runs it in
 # the second block (4x4) and im2col in the third (2x2): cpu_ops.conv_same picks by size.
-@pytest.mark.parametrize(
-    "shape", [pytest.param((4, 32, 32, 3), marks=pytest.mark.slow), (4, 8, 8, 1)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(4, 32, 32, 3), (4, 8, 8, 1)])
 def test_cpu_and_native_paths_agree_on_logits_and_gradients(shape):
     x = jax.random.normal(jax.random.key(3), shape)
     labels = jnp.arange(4) % 10

@@ -144,20 +144,8 @@ def mock_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-# The fast tier runs one recipe (mnist); the slow tier runs them all.
-SLOW_RECIPES = (
-    "cifar10", "cifar10_fc", "cifar100", "cifar10_augmented", "cifar10_fc_dropout", "svhn",
-)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(r, marks=pytest.mark.slow) if r in SLOW_RECIPES else r
-        for r in RECIPES
-        if r not in ("default", "digits")
-    ],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [r for r in RECIPES if r not in ("default", "digits")])
 def test_recipe_trains_and_evaluates_on_one_device(name, mock_data_dir, tmp_path):
     import tensorflow_datasets as tfds
 

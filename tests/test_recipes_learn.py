@@ -131,6 +131,7 @@ def test_recipe_starts_with_equal_logits_live_maps_and_kept_scale(name):
     assert 0.5 < first < 3 and 0.5 < second < 3, probe["relative_rms"]
 
 
+@pytest.mark.slow
 def test_a_random_class_kernel_needs_zero_mean_kernels_to_start_near_ln_c():
     """The class layer's inputs share a large positive mean: random He-normal kernels turn
     it into per-class offsets (logits far apart), zero-mean ones do not."""
