@@ -106,6 +106,18 @@ def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
     return cpu_ops.max_pool_3x3_s2(x)
 
 
+def conv_same_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """XLA's stride-1 'same' convolution of NHWC ``x`` with an HWIO ``kernel``."""
+    pad = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1, 1),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
 class Conv2D(nn.Module):
     """Stride-1 'same' convolution with ``nn.Conv``'s parameters and two implementations."""
 
@@ -127,14 +139,7 @@ class Conv2D(nn.Module):
             # batched matmul, where a convolution becomes a slow grouped one.
             y = jnp.einsum("nhwc,co->nhwo", x, kernel.reshape(in_features, self.features))
         elif self.conv_impl == "xla":
-            pad = k // 2
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=(1, 1),
-                padding=((pad, pad), (pad, pad)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            y = conv_same_xla(x, kernel)
         else:
             y = (
                 cpu_ops.pointwise_conv(x, kernel.reshape(in_features, self.features))
@@ -207,14 +212,7 @@ class MlpConv(nn.Module):
             ConvParams(width, size, self.dtype, **self._inits(name), name=name)(fan_in)
             for name, size, fan_in, width in sizes
         )
-        pad = self.kernel_size // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            k0,
-            window_strides=(1, 1),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv_same_xla(x.astype(self.dtype), k0)
         w1, w2 = k1.reshape(k1.shape[2:]), k2.reshape(k2.shape[2:])
         return fused_mlpconv.tail(y, b0, w1, b1, w2, b2, interpret=self.interpret)
 
