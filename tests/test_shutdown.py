@@ -169,15 +169,19 @@ def test_ctrl_c_saves_exits_130_and_a_busy_workdir_is_refused(tmp_path, digits_d
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once(tmp_path, digits_data_dir):
+    """The second Ctrl-C comes while the first one's save is in progress (train_worker holds
+    that save until it does), so the test does not depend on how fast checkpoints are written."""
     run = helpers.train_args(
         tmp_path, digits_data_dir, num_train_steps=100_000, checkpoint_every_steps=EVERY,
         log_every_steps=100, eval_every_steps=100_000,
     )  # fmt: skip
-    process = helpers.start(run, devices=1, log_path=tmp_path / "log.txt")
+    held = tmp_path / "stop_save_held"
+    env = {"NIN_TEST_HOLD_STOP_SAVE": str(held)}
+    process = helpers.start(run, devices=1, log_path=tmp_path / "log.txt", env=env)
     try:
         helpers.wait_for(lambda: (tmp_path / "checkpoints" / str(EVERY)).is_dir(), process, 600)
         os.killpg(process.pid, signal.SIGINT)
-        time.sleep(0.3)  # Two signals before Python runs the handler would count once.
+        helpers.wait_for(held.exists, process, 120)
         os.killpg(process.pid, signal.SIGINT)
         sent = time.monotonic()
         code = helpers.wait_all([process], timeout=120)[0]
@@ -188,3 +192,4 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, digits_data_dir):
     assert code == errors.EXIT_CODE_INTERRUPTED, log[-3000:]
     assert "interrupted again: stopped without saving" in log and "Traceback" not in log
     assert seconds < 5, f"{seconds:.1f} s from the second Ctrl-C to exit"
+    assert EVERY in helpers.checkpoint_steps(tmp_path)  # The checkpoints saved before stay.
