@@ -45,6 +45,7 @@ PARTS = ("step", "input", "loop")
 # embedded stand-in of that shape the loop part trains on.
 DATASETS = {
     "mnist": ((28, 28, 1), 10, "digits/28x28x1"),
+    "fashion_mnist": ((28, 28, 1), 10, "digits/28x28x1"),
     "cifar10": ((32, 32, 3), 10, "digits/32x32x3"),
     "cifar100": ((32, 32, 3), 100, "digits/pairs_32x32x3"),
     "svhn_cropped": ((32, 32, 3), 10, "digits/32x32x3"),

@@ -7,6 +7,7 @@ here; the modules that implement them dispatch on these names.
 """
 
 import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,10 @@ import ml_collections
 
 from nin_jax.errors import ConfigError
 
+# The datasets the recipes are written for; config.dataset takes any TFDS image-classification
+# builder name ("fashion_mnist", "emnist/balanced"), checked when its builder is made.
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn_cropped")
+_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:[0-9.*]+)?")
 PREPROCESSINGS = ("standardize", "gcn_zca", "lcn")
 AUGMENTATIONS = ("none", "crop_flip")
 HEADS = ("gap", "fc", "fc_dropout")
@@ -58,10 +62,29 @@ def _fail(field: str, value: Any, expected: str) -> None:
     raise ConfigError(f"config.{field} is {value!r}; it must be {expected}")
 
 
+def _is_tfds_builder(name: str) -> bool:
+    """Whether TFDS has a builder ``name`` (its config and version aside)."""
+    import tensorflow_datasets as tfds  # Only for a dataset outside the recipes'.
+
+    import nin_jax.datasets.digits  # noqa: F401  (registers the embedded builder)
+
+    return re.split(r"[/:]", name, maxsplit=1)[0] in tfds.list_builders(
+        with_community_datasets=False
+    )
+
+
 def _check_choices(config: ml_collections.ConfigDict) -> None:
     dataset = config.dataset
-    if not isinstance(dataset, str) or dataset_builder_name(dataset) not in DATASETS:
-        _fail("dataset", dataset, f"one of {', '.join(DATASETS)} (or digits/<stand-in>)")
+    named = isinstance(dataset, str) and _TFDS_NAME.fullmatch(dataset)
+    if not named or (
+        dataset_builder_name(dataset) not in DATASETS and not _is_tfds_builder(dataset)
+    ):
+        _fail(
+            "dataset",
+            dataset,
+            "a TFDS image-classification builder such as cifar10 or "
+            "emnist/balanced (tfds.list_builders() lists them)",
+        )
     for field, allowed in _CHOICES.items():
         value = _get(config, field)
         if value not in allowed:

@@ -62,23 +62,72 @@ def _damaged(name: str, where: str, error: Exception) -> FileDamagedError:
     )
 
 
-def get_builder(name: str, data_dir: str | None, try_gcs: bool = False):
-    """The prepared TFDS builder of ``name``; prepares it if needed (offline for ``digits``)."""
-    known = KNOWN_DATASETS + nin_jax.datasets.digits.CONFIG_NAMES
-    if name not in known:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+def check_features(builder) -> None:
+    """Raises ``DatasetError`` unless the examples are (image of one fixed shape, class label)."""
+    features = builder.info.features
+    keys = features.keys() if isinstance(features, tfds.features.FeaturesDict) else ()
+    image = features["image"] if "image" in keys else None
+    label = features["label"] if "label" in keys else None
+    if not isinstance(label, tfds.features.ClassLabel) or not isinstance(
+        image, tfds.features.Image
+    ):
+        raise DatasetError(
+            f"dataset {builder.name!r} is not image classification as nin_jax reads it: its "
+            "examples must hold an 'image' (tfds.features.Image) and a 'label' "
+            f"(tfds.features.ClassLabel); it has {', '.join(keys) or type(features).__name__}"
+        )
+    if None in image.shape or len(image.shape) != 3:
+        raise DatasetError(
+            f"dataset {builder.name!r} has images of varying size {image.shape}; nin_jax "
+            "trains on images of one fixed shape (height, width, channels)"
+        )
+
+
+def find_builder(name: str, data_dir: str | None, try_gcs: bool = False):
+    """TFDS's builder of ``name`` (prepared or not), checked to be image classification.
+
+    ``name`` is any TFDS image-classification builder, with its config and version
+    if it has them ('emnist/balanced', 'mnist:3.*').
+    """
+    base, _, config = name.split(":")[0].partition("/")
+    try:
+        configs = tfds.builder_cls(base).builder_configs
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetError(
+            f"unknown dataset {name!r}: TFDS has no builder of that name "
+            "(`tfds.list_builders()` lists them; nin_jax's recipes use "
+            f"{', '.join(KNOWN_DATASETS)})"
+        ) from e
+    if config and config not in configs:
+        raise DatasetError(f"unknown dataset {name!r}: {base}'s configs are {', '.join(configs)}")
     try:
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
     except (json_format.ParseError, RuntimeError, ValueError, OSError) as e:  # dataset_info.json
         raise _damaged(name, data_dir or "TFDS's data dir", e) from e
+    check_features(builder)
+    return builder
+
+
+def _how_to_prepare(name: str) -> str:
+    from nin_jax.datasets import originals
+
+    on_network = f"`tfds build {name}` on a machine with network access"
+    if name in originals.ORIGINALS:
+        command = f"python -m nin_jax.prepare --dataset={name} --from=DIR"
+        return f"prepare it from its original files (`{command}`) or with {on_network}"
+    return f"prepare it with {on_network}"
+
+
+def get_builder(name: str, data_dir: str | None, try_gcs: bool = False):
+    """The prepared TFDS builder of ``name``; prepares it if needed (offline for ``digits``)."""
+    builder = find_builder(name, data_dir, try_gcs)
     try:
         builder.download_and_prepare()
     except Exception as e:  # TFDS raises many types when offline or misconfigured.
         raise DatasetError(
             f"dataset {name!r} is not prepared in {builder.data_dir} and could not be "
-            f"downloaded ({type(e).__name__}); prepare it with `tfds build {name}` on a "
-            "machine with network access and point config.data_dir at it, or set "
-            "config.try_gcs=True"
+            f"downloaded ({type(e).__name__}); {_how_to_prepare(name)} and point "
+            "config.data_dir at it, or set config.try_gcs=True"
         ) from e
     return builder
 

@@ -186,7 +186,7 @@ def plan(
             f"config.batch_size {config.batch_size} is not divisible by the {len(devices)} "
             f"devices of {num_slices} x {slice_.name}"
         )
-    facts = catalog.facts(config.dataset)
+    facts = catalog.facts(config.dataset, config.data_dir)
     train_examples, eval_examples = catalog.train_and_eval_sizes(config)
     schedule = Schedule.from_config(config, train_examples)
     mesh = steps.create_mesh(config.num_models, devices)

@@ -9,7 +9,8 @@ validation examples leave the training set and become the evaluation set:
 * SVHN: the first 400 images of each class in ``train`` and the first 200 of
   each class in ``extra`` (6,000, the paper's split, following the maxout paper);
 * MNIST: the last 10,000 training images (the paper does not say; this is the
-  maxout paper's choice).
+  maxout paper's choice); Fashion-MNIST (not in the paper) likewise;
+* any other dataset: the last 10% of its ``train`` split.
 
 Every process reads only its own part of the evaluation split. The training
 split is read whole by every process: each takes its rows of every global batch
@@ -29,7 +30,9 @@ SLICED_VALIDATION = {
     "cifar10": ("train[:40000]", "train[40000:]"),
     "cifar100": ("train[:40000]", "train[40000:]"),
     "mnist": ("train[:50000]", "train[50000:]"),
+    "fashion_mnist": ("train[:50000]", "train[50000:]"),
 }
+DEFAULT_SLICED_VALIDATION = ("train[:90%]", "train[90%:]")
 # SVHN: per split, the examples of each class taken for validation.
 SVHN_VALIDATION_PER_CLASS = {"train": 400, "extra": 200}
 _LABEL_CHUNK = 4096
@@ -111,12 +114,7 @@ def load_train_and_eval(config: ml_collections.ConfigDict, builder) -> tuple[Spl
         )
     if config.dataset == "svhn_cropped":
         return per_class_validation(builder, SVHN_VALIDATION_PER_CLASS)
-    if config.dataset not in SLICED_VALIDATION:
-        raise DatasetError(
-            f"config.validation: no validation split defined for {config.dataset!r}; "
-            f"available for {', '.join([*SLICED_VALIDATION, 'svhn_cropped'])}"
-        )
-    train_split, eval_split = SLICED_VALIDATION[config.dataset]
+    train_split, eval_split = SLICED_VALIDATION.get(config.dataset, DEFAULT_SLICED_VALIDATION)
     return (
         load_split(builder, train_split, drop_remainder=False, process_count=1),
         load_split(builder, eval_split, drop_remainder=False),

@@ -13,12 +13,15 @@ import pytest
 from helpers import TINY_WIDTHS, load_config, run_cli
 
 from nin_jax import planning, tpu_slices
+from nin_jax.datasets import catalog
+from nin_jax.errors import DatasetError
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
     reason="libtpu is not installed, nothing compiles for a TPU: pip install -e '.[test,tpu]'",
 )
 TINY = f"--config.model.widths={TINY_WIDTHS}"
+TINY_SHAPES_TRAIN = 576  # tests/tiny_datasets.py: the train digits 0-3.
 
 
 def compile_for(topology: str, num_slices: int = 1, **overrides) -> planning.Plan:
@@ -183,3 +186,22 @@ def test_largest_batch_bisects(monkeypatch):
     limit = 10**9  # Then the training split is the limit: 1,437 digits, 1,432 in batches of 8.
     capped = planning.largest_batch(load_config("digits", batch_size=32), slice_)
     assert capped.best.config.batch_size == 1432 and capped.capped_by_split == 1432
+
+
+@needs_libtpu
+def test_a_tfds_dataset_by_name_plans_from_its_builder_info(tmp_path):
+    import tiny_datasets  # noqa: F401  (registers the builders)
+
+    from nin_jax import input_pipeline
+
+    input_pipeline.get_builder("tiny_shapes", str(tmp_path))  # Prepares it (offline).
+    plan = compile_for("v5e-4", batch_size=8, dataset="tiny_shapes", data_dir=str(tmp_path))
+    assert plan.fits and plan.train_examples == TINY_SHAPES_TRAIN
+    assert plan.schedule.steps_per_epoch == TINY_SHAPES_TRAIN // 8
+
+
+def test_a_dataset_not_prepared_asks_for_it_in_one_line(tmp_path):
+    import tiny_datasets  # noqa: F401
+
+    with pytest.raises(DatasetError, match="known once it is prepared: prepare it"):
+        catalog.facts("tiny_shapes", str(tmp_path))

@@ -22,7 +22,11 @@ def test_the_allowed_names_are_the_models():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("dataset", "imagenet", "config.dataset is 'imagenet'; it must be one of digits,"),
+        (
+            "dataset",
+            "imagenet",
+            "config.dataset is 'imagenet'; it must be a TFDS image-classification",
+        ),
         ("dtype", "float16", "config.dtype is 'float16'; it must be one of float32, bfloat16"),
         ("lr_schedule", "linear", "one of cosine, step, constant"),
         ("augment", "flip", "config.augment is 'flip'"),

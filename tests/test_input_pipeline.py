@@ -97,11 +97,11 @@ def test_per_class_validation_takes_the_first_n_of_each_class(digits):
     assert rows(together) == rows(everything)
 
 
-def test_sliced_validation_and_unsupported_datasets(digits):
+def test_sliced_validation_and_the_default_last_tenth(digits):
     assert splits.SLICED_VALIDATION["cifar10"] == ("train[:40000]", "train[40000:]")
     config = load_config("digits", validation=True)
-    with pytest.raises(input_pipeline.DatasetError, match="no validation split defined"):
-        splits.load_train_and_eval(config, digits)
+    train_part, validation = splits.load_train_and_eval(config, digits)
+    assert (len(train_part), len(validation)) == (1293, 144)  # train[:90%], train[90%:]
 
 
 def test_svhn_validation_under_mock_data(monkeypatch, tmp_path):
@@ -139,3 +139,28 @@ def test_train_batches_are_a_function_of_seed_and_step():
     for expected in first[7:]:
         np.testing.assert_array_equal(next(later)["label"], expected)
     np.testing.assert_array_equal(np.sort(np.concatenate(first[:5])), np.arange(40))
+
+
+def test_any_tfds_image_classification_dataset_by_name(tmp_path):
+    import tiny_datasets  # noqa: F401  (registers the builders)
+
+    builder = input_pipeline.get_builder("tiny_shapes", str(tmp_path))
+    split = input_pipeline.load_split(builder, "train", drop_remainder=False)
+    assert split.images.shape == (576, 12, 12, 3) and split.images.dtype == np.uint8
+    assert input_pipeline.num_classes(builder) == 4
+
+
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("tiny_variable_size", "has images of varying size (None, None, 3)"),
+        ("tiny_captions", "must hold an 'image' (tfds.features.Image) and a 'label'"),
+        ("no_such_dataset", "unknown dataset 'no_such_dataset': TFDS has no builder"),
+    ],
+)
+def test_datasets_nin_jax_cannot_read_are_one_line(name, fragment, tmp_path):
+    import tiny_datasets  # noqa: F401
+
+    with pytest.raises(input_pipeline.DatasetError) as error:
+        input_pipeline.get_builder(name, str(tmp_path))
+    assert fragment in str(error.value) and "\n" not in str(error.value)

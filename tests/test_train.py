@@ -88,3 +88,16 @@ def test_a_run_pinned_at_ln_c_logs_one_warning(tmp_path, digits_data_dir, caplog
     assert f"for {steps} steps after the 0 warmup steps" in stalls[0]
     assert "config.model.kernel_init" in stalls[0]
     assert results["step"] == steps
+
+
+def test_a_tfds_dataset_by_name_trains_and_evaluates(tmp_path):
+    """Any TFDS image-classification builder (one the tests register)."""
+    import tiny_datasets  # noqa: F401  (registers the builders)
+
+    config = load_config("digits", dataset="tiny_shapes", data_dir=str(tmp_path / "tfds"))
+    state, results = train.train_and_evaluate(config, str(tmp_path / "workdir"))
+    assert int(state.step) == 2 and results["test_examples"] == 144  # Test digits 0-3.
+    assert results["dataset"] == "tiny_shapes"
+    dataset = json.loads((tmp_path / "workdir" / "dataset.json").read_text())
+    assert dataset["class_names"] == ["disc", "ring", "bar", "cross"]
+    assert dataset["image_shape"] == [12, 12, 3]

@@ -1,7 +1,7 @@
 """What nin_jax knows of each dataset without reading it: image shape, classes, split sizes.
 
 For planning a run (``nin_jax.aot``) where the dataset is not prepared. The real
-datasets' figures are those of their TFDS 4.9 builders (mnist 3.0.1, cifar10 and
+datasets' figures are those of their TFDS 4.9 builders (mnist and fashion_mnist 3.0.1, cifar10 and
 cifar100 3.0.2, svhn_cropped 3.1.0); the stand-ins' follow from
 ``nin_jax/datasets/standins.py`` (tests/test_datasets.py checks them against the
 prepared ``digits`` builder). Split strings are TFDS's ('train+extra',
@@ -38,6 +38,7 @@ def _standin_facts(standin: standins.StandIn) -> DatasetFacts:
 
 DATASETS = {
     "mnist": DatasetFacts((28, 28, 1), 10, {"train": 60000, "test": 10000}),
+    "fashion_mnist": DatasetFacts((28, 28, 1), 10, {"train": 60000, "test": 10000}),
     "cifar10": DatasetFacts((32, 32, 3), 10, {"train": 50000, "test": 10000}),
     "cifar100": DatasetFacts((32, 32, 3), 100, {"train": 50000, "test": 10000}),
     "svhn_cropped": DatasetFacts((32, 32, 3), 10, {"train": 73257, "test": 26032, "extra": 531131}),
@@ -46,10 +47,25 @@ DATASETS = {
 }
 
 
-def facts(dataset: str) -> DatasetFacts:
-    if dataset not in DATASETS:
-        raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[dataset]
+def facts(dataset: str, data_dir: str | None = None) -> DatasetFacts:
+    """The dataset's facts: from the table above, or else from its TFDS builder's info.
+
+    A builder's info has the image shape and classes always, and the split sizes
+    where the dataset is prepared in ``data_dir`` (or TFDS holds its metadata).
+    """
+    if dataset in DATASETS:
+        return DATASETS[dataset]
+    from nin_jax import input_pipeline  # Imports TensorFlow: only for the other datasets.
+
+    builder = input_pipeline.find_builder(dataset, data_dir)
+    sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
+    if not sizes:
+        raise DatasetError(
+            f"the split sizes of {dataset!r} are known once it is prepared: prepare it "
+            f"(`tfds build {dataset}` or `python -m nin_jax.prepare`) and set config.data_dir"
+        )
+    features = builder.info.features
+    return DatasetFacts(tuple(features["image"].shape), features["label"].num_classes, sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +73,9 @@ class _SplitInfo:  # What TFDS's ReadInstruction reads of a split: its size.
     num_examples: int
 
 
-def split_size(dataset: str, split: str) -> int:
+def split_size(dataset: str, split: str, data_dir: str | None = None) -> int:
     """Examples of TFDS split string ``split`` of ``dataset`` ('train+extra', 'test[:16]')."""
-    sizes = facts(dataset).split_sizes
+    sizes = facts(dataset, data_dir).split_sizes
     try:
         instructions = tfds_splits.ReadInstruction.from_spec(split).to_absolute(
             {name: _SplitInfo(n) for name, n in sizes.items()}
@@ -77,16 +93,19 @@ def train_and_eval_sizes(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(training examples, evaluation examples) of ``config``, as ``nin_jax.splits`` takes them."""
     from nin_jax import splits
 
+    data_dir = config.data_dir
     if not config.validation:
-        return split_size(config.dataset, config.train_split), split_size(
-            config.dataset, config.eval_split
+        return split_size(config.dataset, config.train_split, data_dir), split_size(
+            config.dataset, config.eval_split, data_dir
         )
     if config.dataset == "svhn_cropped":
         sizes = facts(config.dataset).split_sizes
         classes = facts(config.dataset).num_classes
         held = sum(n * classes for n in splits.SVHN_VALIDATION_PER_CLASS.values())
         return sum(sizes[s] for s in splits.SVHN_VALIDATION_PER_CLASS) - held, held
-    if config.dataset not in splits.SLICED_VALIDATION:
-        raise DatasetError(f"config.validation: no validation split defined for {config.dataset!r}")
-    train, evaluation = splits.SLICED_VALIDATION[config.dataset]
-    return split_size(config.dataset, train), split_size(config.dataset, evaluation)
+    train, evaluation = splits.SLICED_VALIDATION.get(
+        config.dataset, splits.DEFAULT_SLICED_VALIDATION
+    )
+    return split_size(config.dataset, train, data_dir), split_size(
+        config.dataset, evaluation, data_dir
+    )
