@@ -66,7 +66,8 @@ def _is_tfds_builder(name: str) -> bool:
     """Whether TFDS has a builder ``name`` (its config and version aside)."""
     import tensorflow_datasets as tfds  # Only for a dataset outside the recipes'.
 
-    import nin_jax.datasets.digits  # noqa: F401  (registers the embedded builder)
+    import nin_jax.datasets.digits  # noqa: F401  (registers nin_jax's builders)
+    import nin_jax.datasets.fashion_standins  # noqa: F401
 
     return re.split(r"[/:]", name, maxsplit=1)[0] in tfds.list_builders(
         with_community_datasets=False

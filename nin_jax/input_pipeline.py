@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from google.protobuf import json_format
 
 import nin_jax.datasets.digits  # noqa: F401  (registers the embedded `digits` builder)
+import nin_jax.datasets.fashion_standins  # noqa: F401  (and Fashion-MNIST's stand-ins)
 from nin_jax.config_validation import DATASETS
 from nin_jax.errors import DatasetError, FileDamagedError
 

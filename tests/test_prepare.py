@@ -347,3 +347,19 @@ def test_debian_fashion_mnist_into_a_bucket(gcs, tmp_path):
     names = gcs.names("prepared/fashion_mnist/3.0.1/")
     assert any(n.endswith("dataset_info.json") for n in names)
     assert any("fashion_mnist-train.tfrecord" in n for n in names)
+
+
+def test_the_fashion_mnist_standin_is_its_images_at_32x32x3(tmp_path, small_splits):
+    from nin_jax import input_pipeline
+    from nin_jax.datasets import standins
+
+    written = write_mnist(tmp_path / "originals", small_splits)
+    prepare.prepare("fashion_mnist", tmp_path / "originals", str(tmp_path / "tfds"))
+    builder = input_pipeline.get_builder("fashion_mnist_standins/32x32x3", str(tmp_path / "tfds"))
+    assert builder.info.features["label"].names[0] == "T-shirt/top"
+    images, labels = written["test"]
+    expected = standins.to_uint8(standins.resize(images[..., 0] / 255.0, 32, 32), 3)
+    split = input_pipeline.load_split(builder, "test", drop_remainder=False, process_count=1)
+    assert by_image(split.images, split.labels.astype(np.int64)) == by_image(
+        expected, labels.astype(np.int64)
+    )
