@@ -121,18 +121,22 @@ def _copy_tree(source: Path, target: str, added: list[str]) -> None:
     files.sort(key=lambda p: p.name == _INFO_FILE)  # Stable: the info files go last.
     for path in files:
         destination = os.path.join(target, str(path.relative_to(source)))
-        parents = []
-        parent = os.path.dirname(destination)
-        while not tf.io.gfile.exists(parent):
-            parents.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(parents):
+        for directory in reversed(_missing_directories(os.path.dirname(destination))):
             tf.io.gfile.makedirs(directory)
             added.append(directory)
         if tf.io.gfile.exists(destination):
             continue  # Another config or version's shared file (.config/metadata.json).
         tf.io.gfile.copy(str(path), destination)
         added.append(destination)
+
+
+def _missing_directories(path: str) -> list[str]:
+    """``path`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while path != os.path.dirname(path) and not tf.io.gfile.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _remove(added: list[str]) -> None:
@@ -148,13 +152,8 @@ def _remove(added: list[str]) -> None:
 
 def _check_writable(data_dir: str) -> None:
     probe = os.path.join(data_dir, f".nin_jax_prepare_probe_{os.getpid()}")
-    added: list[str] = []
+    added = list(reversed(_missing_directories(data_dir)))
     try:
-        parent = data_dir
-        while not tf.io.gfile.exists(parent):
-            added.append(parent)
-            parent = os.path.dirname(parent)
-        added.reverse()
         tf.io.gfile.makedirs(data_dir)
         with tf.io.gfile.GFile(probe, "w") as f:
             f.write("")
@@ -168,10 +167,11 @@ def _check_writable(data_dir: str) -> None:
 def prepare(dataset: str, source: Path, data_dir: str) -> list[str]:
     """Writes TFDS's prepared ``dataset`` into ``data_dir`` from the original files in
     ``source``; returns the lines of what was verified and written."""
-    files = originals.find(source, dataset)
+    originals.check_known(dataset)
     existing = tfds.builder(dataset, data_dir=data_dir)
     if tf.io.gfile.exists(os.path.join(existing.data_dir, _INFO_FILE)):
         return [f"{dataset} {existing.version} is already prepared in {existing.data_dir}"]
+    files = originals.find(source, dataset)
     _check_writable(data_dir)
     lines = check_files(dataset, files, _url_infos(existing))
     with tempfile.TemporaryDirectory(prefix="nin_jax_prepare_") as tmp:

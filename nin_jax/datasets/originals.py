@@ -332,14 +332,18 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def check_known(dataset: str) -> None:
+    if dataset not in ORIGINALS:
+        known = ", ".join(ORIGINALS)
+        raise DatasetError(f"nin_jax.prepare knows the original files of {known}, not {dataset!r}")
+
+
 def find(source: Path, dataset: str) -> dict[str, Path]:
     """The dataset's original files in ``source`` (a directory): builder file name -> path.
 
     For CIFAR, the binary tarball if present, else the python one (under the binary's name).
     """
-    if dataset not in ORIGINALS:
-        known = ", ".join(ORIGINALS)
-        raise DatasetError(f"nin_jax.prepare knows the original files of {known}, not {dataset!r}")
+    check_known(dataset)
     if not source.is_dir():
         raise DatasetError(f"--from={source}: no such directory")
     found = {}
