@@ -31,6 +31,7 @@ MOCK_EXAMPLES = 24
 SHAPES = {
     "digits": (8, 1, 10),
     "mnist": (28, 1, 10),
+    "fashion_mnist": (28, 1, 10),
     "cifar10": (32, 3, 10),
     "cifar100": (32, 3, 100),
     "svhn_cropped": (32, 3, 10),
@@ -112,10 +113,10 @@ def test_recipe_builds_the_network_its_docstring_states(name):
 
 def recipes_md_schedules() -> dict[str, tuple]:
     """docs/RECIPES.md's table of schedules: recipe -> (batch, rate, epochs, decays, warmup
-    epochs, warmup steps)."""
+    epochs, warmup steps); decays are the step schedule's epochs or "cosine"."""
     rows = {}
     text = (REPO_ROOT / "docs" / "RECIPES.md").read_text()
-    pattern = r"^\| ([a-z0-9_, ]+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d, ]+) \| "
+    pattern = r"^\| ([a-z0-9_, ]+) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d, ]+|cosine) \| "
     pattern += r"([\d.]+) epoch \((\d+) steps\) \|$"
     for names, *fields in re.findall(pattern, text, re.MULTILINE):
         batch, rate, epochs, decays, warmup, warmup_steps = fields
@@ -133,6 +134,8 @@ def test_recipes_md_states_the_recipes_schedules():
         examples = train_examples.get(config.dataset, 60_000)
         warmup_steps = int(config.warmup_epochs * examples / config.batch_size)
         decays = ", ".join(str(epoch) for epoch in config.lr_decay_epochs)
+        if config.lr_schedule == "cosine":
+            decays = "cosine"
         got = (config.batch_size, config.learning_rate, config.num_epochs, decays)
         assert (*got, config.warmup_epochs, warmup_steps) == row, name
 
