@@ -149,8 +149,9 @@ def test_ctrl_c_saves_exits_130_and_a_busy_workdir_is_refused(tmp_path, digits_d
     assert "Traceback" not in log
     stop = int(re.search(r"interrupted \(Ctrl-C\) at step (\d+): checkpoint saved", log).group(1))
     assert helpers.checkpoint_steps(tmp_path)[-1] == stop
-    assert seconds < 20, f"{seconds:.1f} s from Ctrl-C to exit"  # It was 8-43 s, most of it
-    # Python tearing down TensorFlow's modules after the line (nin_jax.cli skips that).
+    # A bound against a hang, not a timing: the save and the exit take seconds on an idle
+    # machine and several times that with the cores busy.
+    assert seconds < 60, f"{seconds:.1f} s from Ctrl-C to exit"
 
     steps_flag = "--config.num_train_steps="
     resume = [f"{steps_flag}{stop + 2}" if a.startswith(steps_flag) else a for a in long_run]
