@@ -16,7 +16,7 @@ from PIL import Image
 
 from nin_jax import class_maps, convert, evaluate, models, predict, restore, torch_weights, train
 from nin_jax import workdir as workdir_lib
-from nin_jax.errors import ConfigError
+from nin_jax.errors import ConfigError, FileDamagedError, WorkdirError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -205,3 +205,17 @@ def test_from_torch_needs_the_pytorch_normalisation(tmp_path, digits_data_dir):
     with pytest.raises(ConfigError, match="--mean has 3 values; the images have 1 channels"):
         convert.from_torch(source, config, str(tmp_path / "w"), ["0.1"] * 3, ["0.2"])
     assert not (tmp_path / "w").exists()
+
+
+def test_a_file_that_is_no_state_dict_is_one_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a pickle at all")
+    with pytest.raises(FileDamagedError, match="is not a PyTorch file torch.load can read"):
+        convert.read_state_dict(str(garbage))
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], str(listed))
+    with pytest.raises(FileDamagedError, match="holds a list, not a state_dict of tensors"):
+        convert.read_state_dict(str(listed))
+    with pytest.raises(WorkdirError, match="no such file"):
+        convert.read_state_dict(str(tmp_path / "none.pth"))
