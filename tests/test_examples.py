@@ -48,6 +48,14 @@ def test_own_training_loop_reaches_its_stated_accuracy(digits_data_dir, capsys):
     assert len(body.splitlines()) <= 45  # "about 40 lines"
 
 
+def test_the_trainers_steps_in_a_loop_of_ones_own(digits_data_dir):
+    steps_example = example("trainer_steps")
+    figures = steps_example.main(data_dir=digits_data_dir)
+    assert figures["accuracy"] >= steps_example.STATED_ACCURACY == 0.95
+    assert figures["first_loss"] == pytest.approx(np.log(10), abs=0.01)  # Class layer at 0.
+    assert figures["final_loss"] < 0.3
+
+
 def test_saliency_puts_more_gradient_mass_on_the_strokes(two_models, tmp_path):
     output = tmp_path / "saliency.png"
     fractions, density = example("saliency").main(two_models, str(output), num_images=16)
