@@ -30,17 +30,24 @@ from nin_jax import workdir as workdir_lib
 from nin_jax.errors import ConfigError, FileDamagedError, WorkdirError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "--from_torch: the config of the network and dataset.", lock_config=False
-)
-flags.DEFINE_string("from_torch", None, "A PyTorch state_dict of the seed's NIN to convert.")
-flags.DEFINE_string("to_torch", None, "Where to write the workdir's parameters as a state_dict.")
-flags.DEFINE_string("workdir", None, "The workdir to write (--from_torch) or read (--to_torch).")
-flags.DEFINE_list("mean", None, "--from_torch: per-channel mean of the PyTorch input, in [0, 1].")
-flags.DEFINE_list("std", None, "--from_torch: per-channel std of the PyTorch input, in [0, 1].")
-flags.DEFINE_integer("step", None, "--to_torch: checkpoint step (default: the latest).")
-flags.DEFINE_integer("model", 0, "--to_torch: model k of a multi-model workdir.", lower_bound=0)
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, as the tools': ``nin_jax.main`` defines
+    ``--config`` and ``--workdir`` too, and a process may import both modules)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "--from_torch: the config of the network and dataset.", lock_config=False
+    )
+    flags.DEFINE_string("from_torch", None, "A PyTorch state_dict of the seed's NIN to convert.")
+    flags.DEFINE_string("to_torch", None, "Where to write the workdir's parameters (state_dict).")
+    flags.DEFINE_string(
+        "workdir", None, "The workdir to write (--from_torch) or read (--to_torch).", required=True
+    )
+    flags.DEFINE_list("mean", None, "--from_torch: per-channel mean of the input, in [0, 1].")
+    flags.DEFINE_list("std", None, "--from_torch: per-channel std of the input, in [0, 1].")
+    flags.DEFINE_integer("step", None, "--to_torch: checkpoint step (default: the latest).")
+    flags.DEFINE_integer("model", 0, "--to_torch: model k of a multi-model workdir.", lower_bound=0)
+
 
 _NO_TORCH = (
     "nin_jax.convert reads and writes PyTorch files and needs PyTorch, which is not "
@@ -239,4 +246,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, quiet=True)
