@@ -166,6 +166,13 @@ def test_main_command_fine_tunes_with_the_printed_overrides(converted, tmp_path)
     refused = run_cli("nin_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
                       *converted["flags"])  # fmt: skip
     assert_one_line_error(refused, "standardize_mean is (76.5,) there, () in this config")
+    back = tmp_path / "back.pth"
+    exported = run_cli("nin_jax.convert", f"--to_torch={back}", f"--workdir={workdir}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stdout.strip() == (
+        f"wrote {back}: 18 tensors of the seed's network from step 2 of {workdir}; its input: "
+        "ToTensor() then Normalize(mean=(0.3000), std=(0.4000))"
+    )
 
 
 def test_a_network_of_another_shape_is_one_line_naming_its_first_tensor(converted, tmp_path):
