@@ -10,7 +10,7 @@ that benchmarks/torch_throughput.py times. PyTorch is optional: ``pip install to
 from torch import nn
 
 
-def mlpconv(in_channels: int, widths: tuple[int, int, int], kernel_size: int, pool: bool):
+def mlpconv(in_channels: int, widths: tuple[int, ...], kernel_size: int, pool: bool):
     """A k x k convolution and two 1 x 1 convolutions, each followed by ReLU; with ``pool``,
     then 3x3/2 max pooling with padding 1 and dropout 0.5."""
     layers = []
@@ -22,16 +22,35 @@ def mlpconv(in_channels: int, widths: tuple[int, int, int], kernel_size: int, po
     return nn.Sequential(*layers)
 
 
-class NIN(nn.Module):
-    """The seed's CIFAR NIN. Its last pooling, ``AvgPool2d(8)``, is global for 32 x 32 inputs."""
+SEED_WIDTHS = ((192, 160, 96), (192, 192, 192), (192, 192))
+SEED_KERNELS = (5, 5, 3)
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+
+class NIN(nn.Module):
+    """The seed's CIFAR NIN. Its last pooling, ``AvgPool2d(8)``, is global for 32 x 32 inputs.
+
+    ``widths`` and ``kernel_sizes`` (as nin_jax.models.NIN's: the last block's class
+    layer is not listed) give the paper's other networks with the seed's layer names,
+    for the conversion tests; the defaults are the seed's.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        widths=SEED_WIDTHS,
+        kernel_sizes=SEED_KERNELS,
+    ):
         super().__init__()
-        self.features1 = mlpconv(in_channels, (192, 160, 96), 5, pool=True)
-        self.features2 = mlpconv(96, (192, 192, 192), 5, pool=True)
-        self.features3 = mlpconv(192, (192, 192, num_classes), 3, pool=False)
+        last = len(widths) - 1
+        for index, (block, size) in enumerate(zip(widths, kernel_sizes, strict=True)):
+            block = tuple(block) + ((num_classes,) if index == last else ())
+            setattr(self, f"features{index + 1}", mlpconv(in_channels, block, size, index < last))
+            in_channels = block[-1]
+        self.num_blocks = len(widths)
         self.gap = nn.AvgPool2d(8, stride=1, padding=0)
 
     def forward(self, x):
-        x = self.features3(self.features2(self.features1(x)))
+        for index in range(self.num_blocks):
+            x = getattr(self, f"features{index + 1}")(x)
         return self.gap(x).flatten(1)

@@ -194,11 +194,24 @@ def _check_models(config: ml_collections.ConfigDict) -> None:
             _fail(f"sweep.{name}", values, f"numbers {what}")
 
 
+def _check_fixed_standardize(config: ml_collections.ConfigDict) -> None:
+    """``standardize_mean``/``standardize_std``: both () or both one number per channel."""
+    mean, std = config.get("standardize_mean", ()), config.get("standardize_std", ())
+    if not _is_sequence_of(mean, _is_number):
+        _fail("standardize_mean", mean, "() or a tuple of per-channel means in pixel units")
+    if not _is_sequence_of(std, lambda v: _is_number(v) and v > 0):
+        _fail("standardize_std", std, "() or a tuple of positive per-channel stds")
+    if len(mean) != len(std):
+        _fail("standardize_std", std, f"as many values as standardize_mean ({len(mean)})")
+    if len(mean) and config.preprocess != "standardize":
+        _fail("standardize_mean", mean, "() unless config.preprocess is 'standardize'")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` for the first field whose value nin_jax cannot use."""
     checks = (
         _check_choices, _check_ints, _check_numbers, _check_model, _check_models,
-        _check_profile_steps,
+        _check_profile_steps, _check_fixed_standardize,
     )  # fmt: skip
     for check in checks:
         check(config)

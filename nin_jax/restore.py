@@ -1,4 +1,5 @@
-"""A trained model loaded back from a workdir, for the tools (evaluate, predict, class_maps).
+"""A trained model loaded back from a workdir, for the tools (evaluate, predict, class_maps)
+and for library use (``load_parts``: the model, its parameters, its preprocessing).
 
 The config (``config.json``) rebuilds the model, ``dataset.json`` and
 ``preprocess.npz`` the input preprocessing, and the checkpoint the parameters,
@@ -6,7 +7,8 @@ whose shapes are checked against the model's: no training data is read.
 """
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +135,37 @@ def load(workdir: str, step: int | None = None) -> Trained:
             f"belong to the model in {workdir}/config.json: {mismatch}"
         )
     return Trained(config=config, info=info, model=model, params=params, step=step)
+
+
+class Parts(NamedTuple):
+    """What a script needs of a trained workdir, without the trainer (``load_parts``).
+
+    ``model.apply({'params': params}, preprocess(images))`` gives the logits of uint8
+    images (N, H, W, C) as the workdir's training saw them: ``preprocess`` is the
+    jittable ``preprocessing.apply`` of the run's ``config.preprocess`` with the
+    statistics of its ``preprocess.npz`` (float32 NHWC out). With ``config.num_models
+    = K > 1`` and ``model=None``, every leaf of ``params`` has a leading axis of K.
+    """
+
+    model: models.NIN
+    params: Any
+    preprocess: Callable[[jax.Array], jax.Array]
+    class_names: tuple[str, ...]
+
+
+def load_parts(workdir: str, step: int | None = None, model: int | None = None) -> Parts:
+    """(model, params, preprocess, class_names) of ``workdir`` at ``step`` (default: latest).
+
+    ``model``: one model of a multi-model workdir (``None``: all of them, stacked; a
+    one-model workdir's parameters are never stacked). Reads no training data and
+    imports no TensorFlow.
+    """
+    trained = load(workdir, step)
+    params = trained.params if model is None else trained.model_params(model)
+    name, stats = trained.info.preprocess, trained.info.preprocess_params
+    dtype = trained.config.get("dtype", "float32")
+
+    def preprocess(images: jax.Array) -> jax.Array:
+        return preprocessing.apply(name, stats, images, dtype)
+
+    return Parts(trained.model, params, preprocess, trained.info.class_names)

@@ -1,6 +1,7 @@
 """Statistics of the training split that preprocessing needs, fitted once on the host.
 
-* ``'standardize'``: the per-channel mean and standard deviation;
+* ``'standardize'``: the per-channel mean and standard deviation (or, with
+  ``config.standardize_mean`` and ``standardize_std``, the config's: ``fixed_standardize``);
 * ``'gcn_zca'``: the mean and ZCA whitening matrix of the globally
   contrast-normalised images (a 3072 x 3072 matrix for CIFAR), cached under
   ``<data_dir>/nin_jax_stats/`` and reused by later runs and every process;
@@ -22,7 +23,7 @@ from absl import logging
 
 from nin_jax import storage
 from nin_jax import workdir as workdir_lib
-from nin_jax.errors import FileDamagedError
+from nin_jax.errors import ConfigError, FileDamagedError
 from nin_jax.input_pipeline import Split
 from nin_jax.preprocessing import GCN_SCALE, ZCA_FILTER_BIAS
 
@@ -129,6 +130,19 @@ def load_or_fit_zca(
     if jax.process_index() == 0:
         _write_zca(path, mean, whitening)
     return mean, whitening
+
+
+def fixed_standardize(
+    mean: tuple[float, ...], std: tuple[float, ...], channels: int
+) -> dict[str, np.ndarray]:
+    """``'standardize'``'s statistics given by the config (``config.standardize_mean``,
+    ``standardize_std``, pixel units), for a model trained with them (``nin_jax.convert``)."""
+    if len(mean) != channels:
+        raise ConfigError(
+            f"config.standardize_mean is {tuple(mean)}; the images have {channels} channels, "
+            "so it needs one mean (and one std) per channel"
+        )
+    return {"mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32)}
 
 
 def fit(

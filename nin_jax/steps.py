@@ -75,7 +75,9 @@ def create_train_state(
     image_shape: tuple[int, ...],
     optimizer: optax.GradientTransformation,
 ) -> TrainState:
-    """Initial state; call under ``jax.jit(..., out_shardings=...)`` to place it."""
+    """Initial state of ``model`` for images of ``image_shape`` (H, W, C): float32 parameters
+    from ``model.init(rng, ...)``, ``optimizer``'s state, step 0. Call it under ``jax.jit``
+    (with ``out_shardings=...`` to place it); eager, the initialisers run op by op."""
     params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
 
@@ -88,6 +90,11 @@ def train_step(
     state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a global batch; dropout randomness is a function of (rng, step).
+
+    ``batch``: ``'image'`` float32 (N, H, W, C), already preprocessed (``preprocessing.apply``;
+    ``Inputs.train_batch`` does it for the trainer, with augmentation), ``'label'`` int32
+    (N,). ``dropout_rng``: a key, folded with ``state.step``. Pure: jit it (the trainer's
+    sharded version is ``compile_steps``).
 
     Metrics: scalars ``loss``, ``accuracy``, ``grad_norm``, ``param_norm`` and
     the health metrics of ``nin_jax.health.train_metrics`` (of this step's
@@ -120,7 +127,9 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Sums over the real (mask == 1) examples of a padded batch."""
+    """Sums over the real (mask == 1) examples of a padded batch: float32 ``loss_sum``,
+    ``correct`` and ``count``. ``batch``: ``'image'`` float32 (N, H, W, C) preprocessed,
+    ``'label'`` int32 (N,), ``'mask'`` float32 (N,)."""
     logits = state.apply_fn({"params": state.params}, batch["image"], train=False)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]) * mask

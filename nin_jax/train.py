@@ -95,7 +95,13 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     split_name = config.train_split + ("-validation" if config.validation else "")
     root, unit_rms = config.data_dir or builder.data_dir_root, config.zca_unit_rms
     stats_file = statistics.stats_path(root, config.dataset, split_name, unit_rms)
-    params = statistics.fit(config.preprocess, train_split, stats_file, unit_rms)
+    if config.standardize_mean:  # A fixed normalisation (a converted PyTorch model's).
+        channels = train_split.images.shape[-1]
+        params = statistics.fixed_standardize(
+            config.standardize_mean, config.standardize_std, channels
+        )
+    else:
+        params = statistics.fit(config.preprocess, train_split, stats_file, unit_rms)
     info = workdir_lib.DatasetInfo(
         dataset=config.dataset,
         class_names=tuple(builder.info.features["label"].names),

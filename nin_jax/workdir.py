@@ -44,8 +44,11 @@ LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # Config fields that fix the checkpoint's parameter shapes: a workdir trained with
 # other values cannot be resumed or read with this config.
+# The preprocessing fields are among them: a checkpoint resumed on other inputs would
+# be trained on what it was not (a converted PyTorch model's fixed normalisation).
 CHECKPOINT_DEFINING_FIELDS = (
     "dataset", "model.widths", "model.kernel_sizes", "model.head", "num_models",
+    "preprocess", "standardize_mean", "standardize_std",
 )  # fmt: skip
 # Config fields that fix the learning rate and the batch of every step: resuming with
 # other values would change the run from the checkpoint's step on. Refused unless asked

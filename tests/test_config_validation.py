@@ -50,6 +50,9 @@ def test_the_allowed_names_are_the_models():
         ("init_seed", -1, "config.init_seed is -1"),
         ("sweep.learning_rate", (0.1, 0.2), "config.sweep.learning_rate is (0.1, 0.2); it must"),
         ("sweep.dropout_rate", (1.0,), "config.sweep.dropout_rate is (1.0,)"),
+        ("standardize_mean", (1.0, "a"), "config.standardize_mean is (1.0, 'a')"),
+        ("standardize_std", (0.0,), "config.standardize_std is (0.0,); it must be () or"),
+        ("standardize_mean", (1.0,), "config.standardize_std is (); it must be as many values"),
     ],
 )
 def test_a_bad_value_is_named(field, value, message):
@@ -62,3 +65,12 @@ def test_a_bad_value_is_named(field, value, message):
     with pytest.raises(errors.ConfigError) as error:
         config_validation.validate(config)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_fixed_standardization_belongs_to_standardize():
+    config = default.get_config()
+    config.preprocess, config.standardize_mean, config.standardize_std = "lcn", (1.0,), (2.0,)
+    with pytest.raises(errors.ConfigError, match="unless config.preprocess is 'standardize'"):
+        config_validation.validate(config)
+    config.preprocess = "standardize"
+    config_validation.validate(config)

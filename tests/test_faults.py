@@ -28,10 +28,12 @@ from helpers import load_config, run_cli
 from PIL import Image
 
 from nin_jax import (
+    convert,
     errors,
     evaluate,
     images,
     input_pipeline,
+    params_io,
     plot,
     predict,
     restore,
@@ -242,6 +244,19 @@ def config_file(env: Env) -> str:
     return str(path)
 
 
+def params_file(env: Env) -> str:
+    path = str(env.tmp / "params.npz")
+    params_io.save(path, env.trained.params)
+    return path
+
+
+def torch_file(env: Env) -> str:
+    torch = pytest.importorskip("torch")
+    path = str(env.tmp / "nin.pth")
+    torch.save({"features1.0.weight": torch.zeros(4, 1, 5, 5)}, path)
+    return path
+
+
 def workdir_bytes(name: str) -> Callable[[Env], bytes]:
     return lambda env: Path(env.file(name)).read_bytes()
 
@@ -333,6 +348,16 @@ TARGETS = {
             **dict.fromkeys(("bomb", "missing", "directory"), "error"),
             **dict.fromkeys(("one_pixel", "16_bit", "cmyk_jpeg", "animated_gif"), "works"),
         },
+    ),
+    "params-file": Target(
+        params_file,
+        lambda env, path: run_command(lambda: params_io.load(path), env),
+        workdir_bytes("dataset.json"),
+    ),
+    "torch-state-dict": Target(
+        torch_file,
+        lambda env, path: run_command(lambda: convert.read_state_dict(path), env),
+        workdir_bytes("preprocess.npz"),
     ),
     "config-file": Target(
         config_file,

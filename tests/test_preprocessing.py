@@ -4,8 +4,10 @@ direct numpy computations."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nin_jax import augmentation, preprocessing, statistics
+from nin_jax.errors import ConfigError
 from nin_jax.input_pipeline import Split
 
 RNG = np.random.default_rng(0)
@@ -139,6 +141,16 @@ def test_standardize_uses_training_channel_statistics():
     pixels = train.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(out.reshape(-1, 3), (pixels - pixels.mean(0)) / pixels.std(0),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_fixed_standardization_is_the_configs_not_the_splits():
+    stats = statistics.fixed_standardize((125.307, 122.961, 113.866), (62.985, 62.092, 66.708), 3)
+    assert stats["mean"].dtype == np.float32 and stats["std"].shape == (3,)
+    images = random_images(2)
+    out = preprocess("standardize", stats, images)
+    np.testing.assert_allclose(out[..., 1], (images[..., 1] - 122.961) / 62.092, rtol=1e-5)
+    with pytest.raises(ConfigError, match="the images have 1 channels"):
+        statistics.fixed_standardize((1.0, 2.0), (1.0, 1.0), 1)
 
 
 def crop_flip(images: np.ndarray, seed: int, step: int) -> np.ndarray:

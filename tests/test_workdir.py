@@ -99,6 +99,20 @@ def test_resuming_with_another_schedule_is_refused_naming_the_field(tmp_path):
         workdir_lib.check_compatible(str(tmp_path / "same"), config, allow_schedule_change=True)
 
 
+def test_resuming_on_other_inputs_is_refused_even_with_a_schedule_change(tmp_path):
+    """A converted PyTorch model's fixed normalisation (nin_jax.convert) stays its own."""
+    fixed = {"standardize_mean": (76.5,), "standardize_std": (102.0,)}
+    config = trained_looking_workdir(tmp_path, **fixed)
+    with pytest.raises(errors.WorkdirError) as refused:
+        workdir_lib.check_compatible(str(tmp_path), config, allow_schedule_change=True)
+    assert "(standardize_mean is (76.5,) there, () in this config)" in str(refused.value)
+    config.standardize_mean, config.standardize_std = fixed.values()
+    assert workdir_lib.check_compatible(str(tmp_path), config) == {}
+    config.preprocess = "lcn"
+    with pytest.raises(errors.WorkdirError, match="preprocess is 'standardize' there, 'lcn'"):
+        workdir_lib.check_compatible(str(tmp_path), config)
+
+
 def test_runs_json_appends_and_a_damaged_one_costs_only_its_records(tmp_path, caplog):
     record = {
         "start_step": 0, "end_step": 5, "train_seconds": 1.5, "compile_seconds": 3.0,

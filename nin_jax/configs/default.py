@@ -28,6 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
     # 'standardize' (per-channel mean/std), 'gcn_zca' (the paper's CIFAR
     # preprocessing) or 'lcn' (the paper's SVHN one); see nin_jax/preprocessing.py.
     config.preprocess = "standardize"
+    # For 'standardize': a fixed per-channel mean and std, in pixel units (0-255), instead
+    # of the training split's; () fits them. nin_jax.convert sets them to the
+    # normalisation a PyTorch model was trained with (docs/TOOLS.md).
+    config.standardize_mean = ()
+    config.standardize_std = ()
     # For 'gcn_zca': True (ours) rescales the whitened training images to RMS 1;
     # False keeps the maxout/NIN papers' scale (docs/RECIPES.md, "Diagnosis", 5).
     config.zca_unit_rms = True
