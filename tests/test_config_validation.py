@@ -49,7 +49,7 @@ def test_the_allowed_names_are_the_models():
         ("num_models", 0, "config.num_models is 0; it must be an integer >= 1"),
         ("init_seed", -1, "config.init_seed is -1"),
         ("heartbeat_timeout_seconds", 1, "config.heartbeat_timeout_seconds is 1; it must be an"),
-        ("shutdown_timeout_seconds", 0.5, "config.shutdown_timeout_seconds is 0.5"),
+        ("shutdown_timeout_seconds", 0, "config.shutdown_timeout_seconds is 0; it must be an"),
         ("sweep.learning_rate", (0.1, 0.2), "config.sweep.learning_rate is (0.1, 0.2); it must"),
         ("sweep.dropout_rate", (1.0,), "config.sweep.dropout_rate is (1.0,)"),
     ],
