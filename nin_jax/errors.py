@@ -40,6 +40,12 @@ class FileDamagedError(NinError):
     """A file nin_jax reads is truncated, corrupt or of another kind."""
 
 
+class StorageError(NinError):
+    """A bucket did not answer (429, 5xx, dropped connections) through every retry: the
+    files are left alone, as nothing says they are damaged; the same command works once
+    it answers."""
+
+
 class OutputError(NinError):
     """An output file or directory cannot be created where the command was asked to write it."""
 

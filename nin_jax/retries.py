@@ -22,6 +22,8 @@ from typing import TypeVar
 
 from absl import logging
 
+from nin_jax.errors import StorageError
+
 T = TypeVar("T")
 
 TRIES = 6  # One try and five retries ...
@@ -79,9 +81,11 @@ def call(
     what: str,
     tries: int = TRIES,
     sleep: Callable[[float], None] | None = None,
+    retry_if: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    """``operation()``, retried while it fails with a transient error (``is_transient``),
-    at most ``tries`` times with exponential backoff; the last error is raised as it is.
+    """``operation()``, retried while it fails with an error ``retry_if`` accepts (by
+    default a transient one), at most ``tries`` times with exponential backoff; the last
+    error is raised as it is.
 
     ``what`` names the operation in the one warning an incident logs ("writing
     gs://b/run/metrics.jsonl"), and in the line saying it succeeded after all.
@@ -92,7 +96,7 @@ def call(
         try:
             result = operation()
         except Exception as e:
-            if attempt == tries or not is_transient(e):
+            if attempt == tries or not retry_if(e):
                 raise
             if attempt == 1:
                 logging.warning(
@@ -106,6 +110,16 @@ def call(
             logging.warning("%s succeeded at try %d.", what, attempt)
         return result
     raise AssertionError("unreachable")
+
+
+def unreadable(what: str, error: BaseException) -> StorageError:
+    """The one line for ``what`` ("the checkpoint at step 40 in gs://b/run/checkpoints")
+    when the bucket did not answer through every retry."""
+    return StorageError(
+        f"cannot read {what}: the bucket did not answer after {TRIES} tries "
+        f"({type(error).__name__}: {_first_line(error)}); the files are left as they are "
+        "(no sign of damage): rerun the same command once the bucket answers"
+    )
 
 
 def _first_line(error: BaseException) -> str:
