@@ -41,7 +41,7 @@ _TRANSIENT_NAMES = {
     "GatewayTimeout", "RetryError", "ConnectionError", "ChunkedEncodingError",
     "ProtocolError", "ReadTimeout", "ConnectTimeout", "Timeout", "RemoteDisconnected",
     "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "TimeoutError",
-    "IncompleteRead", "ShortReadError",
+    "IncompleteRead", "ShortReadError", "ShortWriteError",
 }  # fmt: skip
 # What the other clients' messages say for the same: HTTP 429 / 5xx, gRPC-style status codes
 # (TensorStore's), curl's and the sockets' words.
@@ -57,6 +57,12 @@ _TRANSIENT_TEXT = re.compile(
 
 class ShortReadError(ConnectionError):
     """A read returned fewer bytes than the object's size: the answer was cut short."""
+
+
+class ShortWriteError(ConnectionError):
+    """An upload that its client took for done left an object of another size (seen when
+    the answer to a resumable upload's last request is lost: TensorFlow asks for the
+    session's status, hears "complete", and the object is empty)."""
 
 
 def is_transient(error: BaseException) -> bool:

@@ -18,9 +18,10 @@ Two differences between a disk and a bucket shape this module:
 On a bucket every operation is retried with backoff while it fails with a transient
 error (``nin_jax.retries``: 429, 5xx, a dropped connection), and a read that returns
 fewer bytes than the object's size is such an error (``retries.ShortReadError``),
-never the file's content. What still fails after the retries comes out as a
-``ConnectionError`` (an ``OSError``), which callers report as a bucket that could
-not be read, not as a damaged file. Every operation here is idempotent (whole
+never the file's content; so is an upload after which the object has another size
+than what was written (``retries.ShortWriteError``). What still fails after the
+retries comes out as a ``ConnectionError`` (an ``OSError``), which callers report as
+a bucket that could not be read, not as a damaged file. Every operation here is idempotent (whole
 objects are written, a removal that finds the object gone is done), so a retry after
 an answer that was lost is safe.
 """
@@ -120,12 +121,21 @@ def read_text(path: str) -> str:
 def write_bytes(path: str, data: bytes) -> None:
     """Writes ``path`` atomically: a temporary file renamed locally, one upload remotely."""
     if is_remote(path):
-        _do("writing", path, lambda: epath.Path(path).write_bytes(data))
+        _do("writing", path, lambda: _write_whole(path, data))
         return
     with _os_errors(path):
         tmp = epath.Path(f"{path}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """Uploads ``data`` and checks the object's size: an upload whose last answer was
+    lost can leave an empty object behind a client that reports success."""
+    epath.Path(path).write_bytes(data)
+    size = epath.Path(path).stat().length
+    if size is not None and size != len(data):
+        raise retries.ShortWriteError(f"{path}: the upload left {size} of {len(data)} bytes")
 
 
 def write_text(path: str, text: str) -> None:

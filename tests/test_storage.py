@@ -54,6 +54,7 @@ class FakeObject:
     data = b'{"step": 3}'
     short = 0
     reads = 0
+    writes = 0
     unlinks = 0
 
     def __init__(self, path: str):
@@ -65,6 +66,10 @@ class FakeObject:
     def read_bytes(self) -> bytes:
         FakeObject.reads += 1
         return FakeObject.data[:-4] if FakeObject.reads <= FakeObject.short else FakeObject.data
+
+    def write_bytes(self, data: bytes) -> None:  # The first upload leaves an empty object.
+        FakeObject.writes += 1
+        FakeObject.data = b"" if FakeObject.writes == 1 else data
 
     def unlink(self, missing_ok: bool = False) -> None:
         FakeObject.unlinks += 1
@@ -80,7 +85,14 @@ def fake_object(monkeypatch):
     monkeypatch.setattr(storage.retries.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(FakeObject, "reads", 0)
     monkeypatch.setattr(FakeObject, "unlinks", 0)
+    monkeypatch.setattr(FakeObject, "writes", 0)
+    monkeypatch.setattr(FakeObject, "data", b'{"step": 3}')
     return FakeObject
+
+
+def test_an_upload_that_left_another_size_is_uploaded_again(fake_object):
+    storage.write_bytes("gs://b/run/config.json", b'{"seed": 0}')
+    assert fake_object.writes == 2 and fake_object.data == b'{"seed": 0}'
 
 
 def test_a_short_read_of_an_object_is_retried_not_taken_for_its_content(fake_object):
