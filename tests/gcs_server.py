@@ -23,7 +23,10 @@
   forwarded and then its connection dropped before the answer (the request applied,
   the answer lost), or delayed; ``Sandbox.outage(seconds)`` fails every request with
   503 for that long. ``Sandbox.fault_counts`` says what was drawn. The test process's
-  own reads and writes (the Unix socket) never see a fault.
+  own reads and writes (the Unix socket) never see a fault. The layer also answers one
+  request as GCS does where fake-gcs-server does not: the status query of a resumable
+  upload whose data never reached the server (its PUT was answered 503 here) gets 308
+  with no Range, where fake-gcs-server would complete the upload as an empty object.
 
 As root, where ``unshare`` works, everything that touches the bucket (server, proxy,
 the commands under test: ``Sandbox.command``) runs in a network namespace that has
@@ -321,6 +324,7 @@ class _Faults:
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._received: set[str] = set()  # resumable uploads the server took bytes of
         self.configure({})
 
     def configure(self, settings: dict) -> None:
@@ -336,6 +340,16 @@ class _Faults:
             self.counts = dict.fromkeys(
                 ("forwarded", "unavailable", "rate_limited", "lost_answer", "outage"), 0
             )
+
+    def received(self, upload: str) -> None:
+        """Notes that the server took bytes of resumable upload ``upload``."""
+        with self._lock:
+            self._received.add(upload)
+
+    def status_unknown(self, upload: str) -> bool:
+        """Whether the server never took bytes of ``upload`` (so GCS would say 308)."""
+        with self._lock:
+            return upload not in self._received
 
     def draw(self) -> tuple[str, float]:
         """(what happens to the next request, its delay in seconds)."""
@@ -389,7 +403,15 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             self._send(404, "Not Found", b"")
             return
         kind, delay = self.faults.draw() if self.faults is not None else ("forwarded", 0.0)
+        if kind != "forwarded":
+            sys.stderr.write(f"fault {kind}: {self.command} {self.path}\n")
         time.sleep(delay)
+        upload = self._resumable_upload()
+        if kind == "forwarded" and upload and not body and self.faults.status_unknown(upload):
+            # GCS answers a status query of a session that received nothing with 308 and no
+            # Range; fake-gcs-server instead completes the upload with no bytes.
+            self._send(308, "Resume Incomplete", b"")
+            return
         if kind in _FAULT_ANSWERS:
             status, reason, code = _FAULT_ANSWERS[kind]
             error = {"error": {"code": status, "message": reason,
@@ -409,6 +431,8 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             data = response.read()
         finally:
             connection.close()
+        if upload and body and response.status < 300:
+            self.faults.received(upload)
         if kind == "lost_answer":  # Applied upstream; the client never hears of it.
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -427,6 +451,14 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _resumable_upload(self) -> str | None:
+        """The upload_id of a resumable upload's PUT (None for other requests, and on the
+        control socket, which makes no resumable uploads)."""
+        if self.faults is None or self.command != "PUT":
+            return None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        return query.get("upload_id", [None])[0]
 
     def _send(self, status: int, reason: str, data: bytes, kind: str = "text/plain") -> None:
         self.send_response_only(status, reason)
