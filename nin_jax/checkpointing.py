@@ -14,7 +14,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nin_jax import storage
+from nin_jax import retries, storage
 from nin_jax import workdir as workdir_lib
 from nin_jax.errors import FileDamagedError, TrainingError, WorkdirError
 
@@ -54,15 +54,22 @@ def restore_or_keep(manager: ocp.CheckpointManager, state: Any) -> Any:
     Newer steps that cannot be read (a save cut short on a file system without
     atomic renames, e.g. gcsfuse) are deleted once an older one restores, to be
     trained and saved again; if none restores (e.g. the config changed),
-    nothing is deleted.
+    nothing is deleted. A read that fails because the bucket did not answer (through
+    ``retries``' backoff) says so (``StorageError``) and deletes nothing.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     _drop_abandoned_read_reports()
     unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
+        what = f"the checkpoint at step {step} in {manager.directory}"
         try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            restored = retries.call(
+                lambda: manager.restore(step, args=ocp.args.StandardRestore(abstract)),  # noqa: B023
+                f"restoring {what}",
+            )
         except Exception as e:  # Orbax, TensorStore and the file system raise many types.
+            if retries.is_transient(e):  # Not the checkpoint's fault: nothing is deleted.
+                raise retries.unreadable(what, e) from e
             unreadable.append((step, e))
             continue
         for bad_step, error in unreadable:
@@ -129,9 +136,14 @@ def _reason(error: BaseException, limit: int = 160) -> str:
 def _restore(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The tree saved at ``step``; ``FileDamagedError`` if its files cannot be read."""
     _drop_abandoned_read_reports()
+    what = f"the checkpoint at step {step} in {manager.directory}"
     try:
-        return manager.restore(step, args=ocp.args.StandardRestore())
+        return retries.call(
+            lambda: manager.restore(step, args=ocp.args.StandardRestore()), f"reading {what}"
+        )
     except Exception as e:
+        if retries.is_transient(e):
+            raise retries.unreadable(what, e) from e
         if not _is_read_error(e):
             raise
         others = ", ".join(str(s) for s in manager.all_steps() if s != step)

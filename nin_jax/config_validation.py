@@ -101,6 +101,8 @@ def _check_ints(config: ml_collections.ConfigDict) -> None:
         "num_train_steps": -1,
         "eval_every_steps": -1,
         "seed": 0,
+        "heartbeat_timeout_seconds": 2,
+        "shutdown_timeout_seconds": 1,
     }
     for field, minimum in at_least.items():
         value = _get(config, field)

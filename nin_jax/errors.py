@@ -11,6 +11,9 @@ import signal
 EXIT_CODE_USER_ERROR = 2
 EXIT_CODE_PREEMPTED = 128 + signal.SIGTERM  # 143: what schedulers read as "terminated".
 EXIT_CODE_INTERRUPTED = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C.
+# Another process of a multi-process run was lost (nin_jax/peers.py); 75 is sysexits.h's
+# EX_TEMPFAIL, "a temporary failure: retry", as rerunning the same command resumes the run.
+EXIT_CODE_PROCESS_LOST = 75
 
 
 class NinError(Exception):
@@ -35,6 +38,12 @@ class WorkdirBusyError(WorkdirError):
 
 class FileDamagedError(NinError):
     """A file nin_jax reads is truncated, corrupt or of another kind."""
+
+
+class StorageError(NinError):
+    """A bucket did not answer (429, 5xx, dropped connections) through every retry: the
+    files are left alone, as nothing says they are damaged; the same command works once
+    it answers."""
 
 
 class OutputError(NinError):

@@ -20,7 +20,8 @@ inside the jitted steps (``nin_jax.preprocessing``, ``nin_jax.augmentation``).
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import jax
 import numpy as np
@@ -30,6 +31,7 @@ from google.protobuf import json_format
 
 import nin_jax.datasets.digits  # noqa: F401  (registers the embedded `digits` builder)
 import nin_jax.datasets.fashion_standins  # noqa: F401  (and Fashion-MNIST's stand-ins)
+from nin_jax import retries, storage
 from nin_jax.config_validation import DATASETS
 from nin_jax.errors import DatasetError, FileDamagedError
 
@@ -39,6 +41,7 @@ tf.config.set_visible_devices([], "TPU")
 
 KNOWN_DATASETS = DATASETS
 Batch = dict[str, np.ndarray]
+T = TypeVar("T")
 _LOAD_CHUNK = 16384  # Examples per tf.data batch when reading a split into memory.
 
 
@@ -61,6 +64,26 @@ def _damaged(name: str, where: str, error: Exception) -> FileDamagedError:
         f"the prepared dataset {name!r} in {where} is damaged ({reason}); delete that "
         f"directory and prepare it again (`tfds build {name}`; digits prepares itself)"
     )
+
+
+# What TFDS raises for a dataset_info.json it cannot load (read or parse).
+_INFO_ERRORS = (json_format.ParseError, RuntimeError, ValueError, OSError)
+
+
+def _read_remotely(
+    read: Callable[[], T], data_dir: str | None, what: str, cut_short: tuple[type, ...]
+) -> T:
+    """``read()``; from a bucket, retried while it fails with a transient error, or with
+    one of ``cut_short``, which a read cut short also gives (a parse error of
+    dataset_info.json, a truncated record): only an error that every retry meets again
+    is taken for the files' content."""
+    if not (data_dir and storage.is_remote(data_dir)):
+        return read()
+
+    def retry_if(error: BaseException) -> bool:
+        return retries.is_transient(error) or isinstance(error, cut_short)
+
+    return retries.call(read, f"{what} {data_dir}", retry_if=retry_if)
 
 
 def check_features(builder) -> None:
@@ -101,10 +124,18 @@ def find_builder(name: str, data_dir: str | None, try_gcs: bool = False):
         ) from e
     if config and config not in configs:
         raise DatasetError(f"unknown dataset {name!r}: {base}'s configs are {', '.join(configs)}")
+    where = data_dir or "TFDS's data dir"
     try:
-        builder = tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
-    except (json_format.ParseError, RuntimeError, ValueError, OSError) as e:  # dataset_info.json
-        raise _damaged(name, data_dir or "TFDS's data dir", e) from e
+        builder = _read_remotely(
+            lambda: tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs),
+            data_dir, f"reading the dataset info of {name!r} in", _INFO_ERRORS,
+        )  # fmt: skip
+    except (*_INFO_ERRORS, tf.errors.OpError) as e:  # dataset_info.json
+        if retries.is_transient(e):
+            raise retries.unreadable(f"the prepared dataset {name!r} in {where}", e) from e
+        if isinstance(e, tf.errors.OpError):  # Neither the bucket's fault nor the file's.
+            raise
+        raise _damaged(name, where, e) from e
     check_features(builder)
     return builder
 
@@ -125,6 +156,8 @@ def get_builder(name: str, data_dir: str | None, try_gcs: bool = False):
     try:
         builder.download_and_prepare()
     except Exception as e:  # TFDS raises many types when offline or misconfigured.
+        if storage.is_remote(builder.data_dir) and retries.is_transient(e):
+            raise retries.unreadable(f"the dataset {name!r} in {builder.data_dir}", e) from e
         raise DatasetError(
             f"dataset {name!r} is not prepared in {builder.data_dir} and could not be "
             f"downloaded ({type(e).__name__}); {_how_to_prepare(name)} and point "
@@ -157,10 +190,19 @@ def load_split(
         split = tfds.split_for_jax_process(
             split, process_index=index, process_count=process_count, drop_remainder=drop_remainder
         )
-    try:
+
+    def load() -> list[Batch]:
         ds = builder.as_dataset(split=split).batch(_LOAD_CHUNK)
-        chunks = list(tfds.as_numpy(ds))
+        return list(tfds.as_numpy(ds))
+
+    try:
+        chunks = _read_remotely(
+            load, builder.data_dir, f"reading split {split!r} from", (tf.errors.OpError,)
+        )
     except tf.errors.OpError as e:  # A shard cut short or corrupt (DataLossError, ...).
+        if retries.is_transient(e):
+            what = f"split {split!r} of the prepared dataset {builder.name!r} in {builder.data_dir}"
+            raise retries.unreadable(what, e) from e
         raise _damaged(builder.name, builder.data_dir, e) from e
     except (ValueError, KeyError, AssertionError) as e:
         available = ", ".join(builder.info.splits.keys())

@@ -7,15 +7,17 @@ Several hosts: the same command on every host, plus ``--distributed`` (Cloud TPU
 pod slices, SLURM, Open MPI, Kubernetes: JAX finds the other processes) or
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 Exit codes: 0 done, 2 bad input, 130 stopped by Ctrl-C and 143 by SIGTERM (both
-after saving a checkpoint; rerun the same command to resume). Resuming a workdir
+after saving a checkpoint; rerun the same command to resume), 75 another process of
+the run was lost (``config.heartbeat_timeout_seconds``; rerun the same command on
+every host to resume from the newest checkpoint). Resuming a workdir
 with another schedule (``workdir.SCHEDULE_FIELDS``: steps, batch size, rates,
 seed ...) is refused unless --allow_schedule_change.
 """
 
 from absl import flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
-from nin_jax import cli, config_validation
+from nin_jax import cli, config_validation, peers
 from nin_jax import workdir as workdir_lib
 
 # JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
@@ -71,33 +73,43 @@ def distributed_arguments() -> dict | None:
     return given
 
 
-def initialize_distributed(arguments: dict) -> None:
-    """Joins the JAX distributed runtime; must come before any other JAX call."""
+def initialize_distributed(arguments: dict, config: config_dict.ConfigDict) -> peers.Watchdog:
+    """Joins the JAX distributed runtime (must come before any other JAX call) and starts
+    the watch over the other processes (``nin_jax.peers``)."""
     import jax
+    from jax._src import distributed  # Its client, as Orbax's multihost helpers use it.
 
     try:
-        jax.distributed.initialize(**arguments)
+        jax.distributed.initialize(
+            **arguments,
+            heartbeat_timeout_seconds=peers.jax_heartbeat_timeout(config.heartbeat_timeout_seconds),
+            shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        )
     except (ValueError, RuntimeError) as e:
         cli.fail(f"cannot start the JAX distributed runtime: {e}")
     if jax.process_index() != 0:  # One log for the whole run: process 0's.
         logging.set_verbosity(logging.WARNING)
+    watchdog = peers.Watchdog(
+        distributed.global_state.client, jax.process_index(), jax.process_count(),
+        timeout=config.heartbeat_timeout_seconds,
+    )  # fmt: skip
+    return watchdog.start()
 
 
-def main(argv: list[str]) -> None:
-    config = FLAGS.config
-    config_validation.validate(config)
-    distributed = distributed_arguments()
-    if distributed is None:  # One process: what taking the lock checks needs no JAX.
-        workdir_lib.check_available(FLAGS.workdir)
-    workdir_lib.check_compatible(FLAGS.workdir, config, FLAGS.allow_schedule_change)
-    if distributed is not None:
-        initialize_distributed(distributed)
-
+def train_and_report(config: config_dict.ConfigDict, watchdog: peers.Watchdog | None) -> None:
+    """Trains and prints the results; a collective that fails because another process was
+    lost ends the process with the watch's one line (``nin_jax.peers``), not a traceback."""
     import jax
 
-    from nin_jax import train
+    from nin_jax import errors, train
 
-    _, results = train.train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_schedule_change)
+    try:
+        _, results = train.train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_schedule_change)
+    except Exception as e:
+        expected = isinstance(e, (errors.NinError, errors.Stopped))
+        if watchdog is not None and not expected and peers.is_collective_failure(e):
+            watchdog.wait_for_verdict()
+        raise
     if jax.process_index() == 0:
         for index, model in enumerate(results.get("models", [])):
             setting = ", ".join(f"{k} {v}" for k, v in model.items() if not k.startswith("test_"))
@@ -108,13 +120,30 @@ def main(argv: list[str]) -> None:
             f"(error {results['test_error']:.2%}) at step {results['step']}; "
             f"results in {FLAGS.workdir}/results.json"
         )
-    if distributed is not None:
+
+
+def main(argv: list[str]) -> None:
+    config = FLAGS.config
+    config_validation.validate(config)
+    distributed = distributed_arguments()
+    if distributed is None:  # One process: what taking the lock checks needs no JAX.
+        workdir_lib.check_available(FLAGS.workdir)
+    workdir_lib.check_compatible(FLAGS.workdir, config, FLAGS.allow_schedule_change)
+    if distributed is None:
+        train_and_report(config, None)
+        return
+    watchdog = initialize_distributed(distributed, config)
+    import jax
+    from jax.experimental import multihost_utils
+
+    try:
+        train_and_report(config, watchdog)
         # No process leaves before the others are done: process 0 hosts the coordination
         # service, and its exit aborts any process still working (e.g. still writing).
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("nin_jax.main: done")
-        jax.distributed.shutdown()
+    finally:  # Also on an error or a stop: the others must not take this exit for a loss.
+        watchdog.close()
+    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,17 +14,30 @@ Two differences between a disk and a bucket shape this module:
   file and rewrites the whole object at each write remotely, so that a preempted run
   loses at most the lines it had not written yet and a resumed run's lines follow
   the earlier ones; readers read the one file (object) either way.
+
+On a bucket every operation is retried with backoff while it fails with a transient
+error (``nin_jax.retries``: 429, 5xx, a dropped connection), and a read that returns
+fewer bytes than the object's size is such an error (``retries.ShortReadError``),
+never the file's content; so is an upload after which the object has another size
+than what was written (``retries.ShortWriteError``). What still fails after the
+retries comes out as a ``ConnectionError`` (an ``OSError``), which callers report as
+a bucket that could not be read, not as a damaged file. Every operation here is idempotent (whole
+objects are written, a removal that finds the object gone is done), so a retry after
+an answer that was lost is safe.
 """
 
 import contextlib
 import io
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from etils import epath
 
+from nin_jax import retries
 from nin_jax.errors import OutputError
+
+T = TypeVar("T")
 
 # tf.errors classes (by name) and the OSError each becomes.
 _TF_ERRORS = {
@@ -32,6 +45,7 @@ _TF_ERRORS = {
     "AlreadyExistsError": FileExistsError,
     "PermissionDeniedError": PermissionError,
     "UnauthenticatedError": PermissionError,
+    **dict.fromkeys(retries.TRANSIENT_TF_ERRORS, ConnectionError),
 }
 
 
@@ -55,31 +69,49 @@ def _os_errors(path: str) -> Iterator[None]:
         raise kind(f"{path}: {message.strip().splitlines()[0]}") from None
 
 
+def _do(what: str, path: str, operation: Callable[[], T]) -> T:
+    """``operation()`` with TensorFlow's errors as ``OSError``s; retried on a bucket."""
+
+    def attempt() -> T:
+        with _os_errors(path):
+            return operation()
+
+    if not is_remote(path):
+        return attempt()
+    return retries.call(attempt, f"{what} {path}")
+
+
 def exists(path: str) -> bool:
-    with _os_errors(path):
-        return epath.Path(path).exists()
+    return _do("looking for", path, epath.Path(path).exists)
 
 
 def isdir(path: str) -> bool:
-    with _os_errors(path):
-        return epath.Path(path).is_dir()
+    return _do("looking for", path, epath.Path(path).is_dir)
 
 
 def listdir(path: str) -> list[str]:
     """The names in directory ``path``, sorted."""
-    with _os_errors(path):
-        return sorted(p.name for p in epath.Path(path).iterdir())
+    return _do("listing", path, lambda: sorted(p.name for p in epath.Path(path).iterdir()))
 
 
 def makedirs(path: str) -> None:
     """Creates directory ``path`` and its parents if needed (on GCS: marker objects)."""
-    with _os_errors(path):
-        epath.Path(path).mkdir(parents=True, exist_ok=True)
+    _do("creating", path, lambda: epath.Path(path).mkdir(parents=True, exist_ok=True))
 
 
 def read_bytes(path: str) -> bytes:
-    with _os_errors(path):
-        return epath.Path(path).read_bytes()
+    """The bytes of ``path``; on a bucket, all of them (the object's size is checked)."""
+    if not is_remote(path):
+        return _do("reading", path, epath.Path(path).read_bytes)
+    return _do("reading", path, lambda: _read_whole(path))
+
+
+def _read_whole(path: str) -> bytes:
+    size = epath.Path(path).stat().length
+    data = epath.Path(path).read_bytes()
+    if size is not None and len(data) < size:  # Larger: replaced since the stat; it is whole.
+        raise retries.ShortReadError(f"{path}: short read, {len(data)} of {size} bytes")
+    return data
 
 
 def read_text(path: str) -> str:
@@ -88,13 +120,22 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes ``path`` atomically: a temporary file renamed locally, one upload remotely."""
+    if is_remote(path):
+        _do("writing", path, lambda: _write_whole(path, data))
+        return
     with _os_errors(path):
-        if is_remote(path):
-            epath.Path(path).write_bytes(data)
-            return
         tmp = epath.Path(f"{path}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """Uploads ``data`` and checks the object's size: an upload whose last answer was
+    lost can leave an empty object behind a client that reports success."""
+    epath.Path(path).write_bytes(data)
+    size = epath.Path(path).stat().length
+    if size is not None and size != len(data):
+        raise retries.ShortWriteError(f"{path}: the upload left {size} of {len(data)} bytes")
 
 
 def write_text(path: str, text: str) -> None:
@@ -102,8 +143,16 @@ def write_text(path: str, text: str) -> None:
 
 
 def remove(path: str) -> None:
-    with _os_errors(path):
-        epath.Path(path).unlink()
+    if not is_remote(path):
+        _do("removing", path, epath.Path(path).unlink)
+        return
+    tried = []
+
+    def unlink() -> None:  # Gone at a retry: the lost answer was the removal's.
+        tried.append(True)
+        epath.Path(path).unlink(missing_ok=len(tried) > 1)
+
+    _do("removing", path, unlink)
 
 
 def output_file(path: str) -> str:

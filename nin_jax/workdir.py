@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nin_jax import config_validation, storage
+from nin_jax import config_validation, retries, storage
 from nin_jax.errors import ConfigError, FileDamagedError, WorkdirBusyError, WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -199,6 +199,8 @@ def _read_bytes(path: str, written_by: str) -> bytes:
             f"({written_by})?"
         ) from None
     except OSError as e:  # A directory in its place, no permission, ...
+        if retries.is_transient(e):
+            raise retries.unreadable(path, e) from None
         raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
 
 

@@ -16,6 +16,18 @@
   and writes objects (``Sandbox.read``, ``write``, ``names``) whatever network
   namespace the server is in.
 
+* A fault layer in the proxy, between every client and the server (TensorFlow's
+  requests inside the TLS tunnel, and google-cloud-storage's and TensorStore's, which
+  reach the server through a plain-HTTP port of the proxy): ``Sandbox.set_faults``
+  makes each request, by a seeded draw, answered 503 or 429 without being forwarded,
+  forwarded and then its connection dropped before the answer (the request applied,
+  the answer lost), or delayed; ``Sandbox.outage(seconds)`` fails every request with
+  503 for that long. ``Sandbox.fault_counts`` says what was drawn. The test process's
+  own reads and writes (the Unix socket) never see a fault. The layer also answers one
+  request as GCS does where fake-gcs-server does not: the status query of a resumable
+  upload whose data never reached the server (its PUT was answered 503 here) gets 308
+  with no Range, where fake-gcs-server would complete the upload as an empty object.
+
 As root, where ``unshare`` works, everything that touches the bucket (server, proxy,
 the commands under test: ``Sandbox.command``) runs in a network namespace that has
 only a loopback interface, so nothing can leave the machine. Every process is
@@ -29,6 +41,7 @@ import http.client
 import http.server
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -112,13 +125,14 @@ class Sandbox:
     control: Path  # the proxy's Unix socket to the server
     namespace: int | None  # PID of the process holding the network namespace, if any
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
+    fault_port: int = 0  # the proxy's plain-HTTP port to the server, with the fault layer
 
     def url(self, name: str = "") -> str:
         return f"gs://{BUCKET}/{name}"
 
     def env(self) -> dict[str, str]:
         """What the GCS clients of a command need to find the sandbox (and no credentials)."""
-        server = f"http://127.0.0.1:{self.port}"
+        server = f"http://127.0.0.1:{self.fault_port or self.port}"
         return {
             "STORAGE_EMULATOR_HOST": server,
             "TENSORSTORE_GCS_HTTP_URL": server,
@@ -148,6 +162,31 @@ class Sandbox:
         if response.status >= 300:
             raise OSError(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
         return data
+
+    def set_faults(
+        self,
+        seed: int = 0,
+        unavailable: float = 0.0,
+        rate_limited: float = 0.0,
+        lost_answer: float = 0.0,
+        latency: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        """From now on each request is answered 503 (``unavailable``), 429 (``rate_limited``)
+        or applied with its answer lost (``lost_answer``) with these probabilities, and
+        delayed by uniform(*``latency``) seconds; draws from ``random.Random(seed)``.
+        ``set_faults()`` makes the bucket healthy again (and zeroes the counts)."""
+        faults = {"seed": seed, "unavailable": unavailable, "rate_limited": rate_limited,
+                  "lost_answer": lost_answer, "latency": list(latency)}  # fmt: skip
+        self._request("POST", "/__faults__", json.dumps(faults).encode())
+
+    def outage(self, seconds: float) -> None:
+        """Every request fails with 503 for the next ``seconds``."""
+        self._request("POST", "/__faults__", json.dumps({"outage": seconds}).encode())
+
+    def fault_counts(self) -> dict[str, int]:
+        """Requests since ``set_faults``: {"forwarded", "unavailable", "rate_limited",
+        "lost_answer", "outage": count}."""
+        return json.loads(self._request("GET", "/__faults__"))
 
     def names(self, prefix: str = "") -> list[str]:
         """The names of the bucket's objects under ``prefix``, sorted."""
@@ -246,7 +285,8 @@ def start(root: Path, lifetime: float = 1800) -> Sandbox:
             stdout=subprocess.PIPE, stderr=open(root / "proxy.log", "w"), text=True,  # noqa: SIM115
         )  # fmt: skip
         processes.append(proxy)
-        sandbox.port, sandbox.proxy_port = port, int(_ready_line(proxy, "the proxy"))
+        ports = _ready_line(proxy, "the proxy").split()
+        sandbox.port, sandbox.proxy_port, sandbox.fault_port = port, int(ports[0]), int(ports[1])
         _create_bucket(sandbox)
         return sandbox
     except BaseException:
@@ -279,11 +319,69 @@ def _create_bucket(sandbox: Sandbox) -> None:
 # The proxy (this file run as a script, in the sandbox's network namespace).
 
 
+class _Faults:
+    """The fault layer's settings and its seeded draws, shared by the proxy's threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._received: set[str] = set()  # resumable uploads the server took bytes of
+        self.configure({})
+
+    def configure(self, settings: dict) -> None:
+        with self._lock:
+            if "outage" in settings:
+                self._outage_until = time.monotonic() + float(settings["outage"])
+                return
+            self._random = random.Random(settings.get("seed", 0))
+            self._rates = [(kind, float(settings.get(kind, 0.0)))
+                           for kind in ("unavailable", "rate_limited", "lost_answer")]  # fmt: skip
+            self._latency = tuple(settings.get("latency", (0.0, 0.0)))
+            self._outage_until = 0.0
+            self.counts = dict.fromkeys(
+                ("forwarded", "unavailable", "rate_limited", "lost_answer", "outage"), 0
+            )
+
+    def received(self, upload: str) -> None:
+        """Notes that the server took bytes of resumable upload ``upload``."""
+        with self._lock:
+            self._received.add(upload)
+
+    def status_unknown(self, upload: str) -> bool:
+        """Whether the server never took bytes of ``upload`` (so GCS would say 308)."""
+        with self._lock:
+            return upload not in self._received
+
+    def draw(self) -> tuple[str, float]:
+        """(what happens to the next request, its delay in seconds)."""
+        with self._lock:
+            delay = self._random.uniform(*self._latency) if self._latency[1] > 0 else 0.0
+            if time.monotonic() < self._outage_until:
+                kind = "outage"
+            else:
+                u, kind = self._random.random(), "forwarded"
+                for name, rate in self._rates:
+                    if u < rate:
+                        kind = name
+                        break
+                    u -= rate
+            self.counts[kind] += 1
+            return kind, delay
+
+
+_FAULT_ANSWERS = {  # status, reason, GCS's JSON error body
+    "unavailable": (503, "Service Unavailable", "backendError"),
+    "outage": (503, "Service Unavailable", "backendError"),
+    "rate_limited": (429, "Too Many Requests", "rateLimitExceeded"),
+}
+
+
 class _Forward(http.server.BaseHTTPRequestHandler):
     """Forwards each HTTP/1.1 request it reads to the server, keeping the connection open."""
 
     protocol_version = "HTTP/1.1"
     upstream: str  # HOST:PORT of the server
+    faults: "_Faults | None" = None  # None: no faults (the control socket)
+    scheme = "https"  # of the Location this proxy's clients follow (resumable uploads)
 
     def log_message(self, format, *args) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
         sys.stderr.write(f"{self.command} {self.path}: " + format % args + "\n")
@@ -301,6 +399,25 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self._body()
+        if self.faults is not None and self.path.startswith("/__faults__"):
+            self._send(404, "Not Found", b"")
+            return
+        kind, delay = self.faults.draw() if self.faults is not None else ("forwarded", 0.0)
+        if kind != "forwarded":
+            sys.stderr.write(f"fault {kind}: {self.command} {self.path}\n")
+        time.sleep(delay)
+        upload = self._resumable_upload()
+        if kind == "forwarded" and upload and not body and self.faults.status_unknown(upload):
+            # GCS answers a status query of a session that received nothing with 308 and no
+            # Range; fake-gcs-server instead completes the upload with no bytes.
+            self._send(308, "Resume Incomplete", b"")
+            return
+        if kind in _FAULT_ANSWERS:
+            status, reason, code = _FAULT_ANSWERS[kind]
+            error = {"error": {"code": status, "message": reason,
+                               "errors": [{"reason": code, "message": reason}]}}  # fmt: skip
+            self._send(status, reason, json.dumps(error).encode(), "application/json")
+            return
         # Hop-by-hop headers stay here; TensorFlow sends "Transfer-Encoding: identity" on
         # empty bodies, which the server answers with 501.
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -314,20 +431,60 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             data = response.read()
         finally:
             connection.close()
+        if upload and body and response.status < 300:
+            self.faults.received(upload)
+        if kind == "lost_answer":  # Applied upstream; the client never hears of it.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() in _HOP_BY_HOP or name.lower() == "content-length":
                 continue
             if name.lower() == "location":  # Resumable uploads continue through this proxy.
-                value = value.replace(f"http://{self.upstream}", f"https://{self.headers['Host']}")
-                value = "https://" + value.removeprefix("http://")
+                here = f"{self.scheme}://{self.headers['Host']}"
+                value = value.replace(f"http://{self.upstream}", here)
+                value = f"{self.scheme}://" + value.split("://", 1)[-1]
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _resumable_upload(self) -> str | None:
+        """The upload_id of a resumable upload's PUT (None for other requests, and on the
+        control socket, which makes no resumable uploads)."""
+        if self.faults is None or self.command != "PUT":
+            return None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        return query.get("upload_id", [None])[0]
+
+    def _send(self, status: int, reason: str, data: bytes, kind: str = "text/plain") -> None:
+        self.send_response_only(status, reason)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _forward
+
+
+class _Control(_Forward):
+    """The test process's socket: no faults, and ``/__faults__`` sets or reads them."""
+
+    shared: "_Faults"
+
+    def _forward(self) -> None:
+        if not self.path.startswith("/__faults__"):
+            super()._forward()
+            return
+        if self.command == "POST":
+            self.shared.configure(json.loads(self._body() or b"{}"))
+        self._send(200, "OK", json.dumps(self.shared.counts).encode(), "application/json")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
 
 class _Connect(http.server.BaseHTTPRequestHandler):
@@ -365,17 +522,23 @@ class _ThreadingUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamS
 def _serve_proxy(args: argparse.Namespace) -> None:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
-    forward = type("Forward", (_Forward,), {"upstream": args.upstream})
+    faults = _Faults()
+    forward = type("Forward", (_Forward,), {"upstream": args.upstream, "faults": faults})
+    plain = type("Plain", (forward,), {"scheme": "http"})
     connect = type("Connect", (_Connect,), {"tls": tls, "forward": forward})
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), connect)
-    proxy.daemon_threads = True
+    faulty = http.server.ThreadingHTTPServer(("127.0.0.1", 0), plain)
+    for server in (proxy, faulty):
+        server.daemon_threads = True
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.control)
-    control = _ThreadingUnixServer(args.control, forward)
-    for server in (proxy, control):
+    control = _ThreadingUnixServer(
+        args.control, type("Control", (_Control,), {"upstream": args.upstream, "shared": faults})
+    )
+    for server in (proxy, faulty, control):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(proxy.server_address[1], flush=True)
+    print(proxy.server_address[1], faulty.server_address[1], flush=True)
     time.sleep(args.lifetime)
 
 

@@ -32,6 +32,36 @@ def test_checkpoint_of_another_config_is_an_error_and_kept(tmp_path):
     assert manager.all_steps() == [5]
 
 
+def test_a_bucket_that_does_not_answer_is_not_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """A restore that fails with a transient error through every retry says the bucket did
+    not answer and deletes nothing; one that succeeds at a retry resumes."""
+    config = load_config("digits", model__widths=((4, 4, 4), (4, 4, 4), (4, 4)))
+    state = init_state(models.from_config(config, num_classes=10), (8, 8, 1), optax.sgd(0.1))
+    manager = checkpointing.create_manager(str(tmp_path), config)
+    for step in (3, 6):
+        manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    monkeypatch.setattr(checkpointing.retries.time, "sleep", lambda seconds: None)
+    restore = manager.restore
+    calls = []
+
+    def flaky(step, args):
+        calls.append(step)
+        if len(calls) <= failures:
+            raise ValueError("UNAVAILABLE: Error reading gs://b/run/checkpoints/6/_METADATA")
+        return restore(step, args=args)
+
+    monkeypatch.setattr(manager, "restore", flaky)
+    failures = 100
+    with pytest.raises(errors.StorageError, match="checkpoint at step 6 .* did not answer"):
+        checkpointing.restore_or_keep(manager, state)
+    assert calls == [6] * checkpointing.retries.TRIES and manager.all_steps() == [3, 6]
+    calls.clear()
+    failures = 2
+    checkpointing.restore_or_keep(manager, state)
+    assert calls == [6, 6, 6] and manager.all_steps() == [3, 6]
+
+
 @pytest.mark.parametrize("manager_class", [ocp.CheckpointManager, checkpointing.TrainingManager])
 def test_only_the_training_loop_asks_the_preemption_sync_point(
     manager_class, tmp_path, monkeypatch

@@ -48,6 +48,8 @@ def test_the_allowed_names_are_the_models():
         ("profile_steps", (1, 3), "config.profile_steps is (1, 3)"),
         ("num_models", 0, "config.num_models is 0; it must be an integer >= 1"),
         ("init_seed", -1, "config.init_seed is -1"),
+        ("heartbeat_timeout_seconds", 1, "config.heartbeat_timeout_seconds is 1; it must be an"),
+        ("shutdown_timeout_seconds", 0, "config.shutdown_timeout_seconds is 0; it must be an"),
         ("sweep.learning_rate", (0.1, 0.2), "config.sweep.learning_rate is (0.1, 0.2); it must"),
         ("sweep.dropout_rate", (1.0,), "config.sweep.dropout_rate is (1.0,)"),
         ("standardize_mean", (1.0, "a"), "config.standardize_mean is (1.0, 'a')"),

@@ -164,3 +164,49 @@ def test_datasets_nin_jax_cannot_read_are_one_line(name, fragment, tmp_path):
     with pytest.raises(input_pipeline.DatasetError) as error:
         input_pipeline.get_builder(name, str(tmp_path))
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.fixture
+def no_waits(monkeypatch):
+    monkeypatch.setattr(input_pipeline.retries.time, "sleep", lambda seconds: None)
+
+
+def flaky_builder(monkeypatch, real, failures: int, error: Exception) -> list[str]:
+    """tfds.builder failing ``failures`` times with ``error``, then giving ``real``."""
+    calls = []
+
+    def builder(name, data_dir=None, try_gcs=False):
+        calls.append(data_dir)
+        if len(calls) <= failures:
+            raise error
+        return real
+
+    monkeypatch.setattr(input_pipeline.tfds, "builder", builder)
+    return calls
+
+
+def test_a_bucket_that_does_not_answer_is_not_a_damaged_dataset(digits, monkeypatch, no_waits):
+    import tensorflow as tf
+
+    unavailable = tf.errors.UnavailableError(None, None, "HTTP response code 503")
+    calls = flaky_builder(monkeypatch, digits, 100, unavailable)
+    with pytest.raises(input_pipeline.retries.StorageError) as raised:
+        input_pipeline.find_builder("digits", "gs://b/tfds")
+    assert str(raised.value).startswith("cannot read the prepared dataset 'digits' in gs://b/tfds")
+    assert "is damaged" not in str(raised.value)
+    assert len(calls) == input_pipeline.retries.TRIES
+
+
+def test_a_parse_error_from_a_bucket_is_retried_before_it_is_damage(digits, monkeypatch, no_waits):
+    from google.protobuf import json_format
+
+    cut_short = json_format.ParseError("Failed to parse dataset_info.json: Unexpected end")
+    calls = flaky_builder(monkeypatch, digits, 2, cut_short)  # A read cut short, twice.
+    assert input_pipeline.find_builder("digits", "gs://b/tfds") is digits and len(calls) == 3
+    calls = flaky_builder(monkeypatch, digits, 100, cut_short)  # Every read: the file itself.
+    with pytest.raises(input_pipeline.FileDamagedError, match="'digits' in gs://b/tfds is dama"):
+        input_pipeline.find_builder("digits", "gs://b/tfds")
+    calls = flaky_builder(monkeypatch, digits, 100, cut_short)  # On a disk: at once.
+    with pytest.raises(input_pipeline.FileDamagedError):
+        input_pipeline.find_builder("digits", "/data/tfds")
+    assert len(calls) == 1

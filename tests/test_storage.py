@@ -35,7 +35,8 @@ def test_tensorflow_file_system_errors_become_os_errors():
     cases = [
         (tf.errors.NotFoundError, FileNotFoundError),
         (tf.errors.PermissionDeniedError, PermissionError),
-        (tf.errors.UnavailableError, OSError),
+        (tf.errors.UnavailableError, ConnectionError),  # Retried on a bucket (retries.py).
+        (tf.errors.DataLossError, OSError),
     ]
     for tf_error, os_error in cases:
         with pytest.raises(os_error, match="^gs://b/x: what went wrong$"):
@@ -44,6 +45,72 @@ def test_tensorflow_file_system_errors_become_os_errors():
     with pytest.raises(KeyError):  # Not TensorFlow's: a bug, left as it is.
         with storage._os_errors("gs://b/x"):  # noqa: SLF001
             raise KeyError("x")
+
+
+class FakeObject:
+    """``epath.Path`` of one object whose reads come back short ``short`` times; and
+    whose first unlink is applied but its answer lost."""
+
+    data = b'{"step": 3}'
+    short = 0
+    reads = 0
+    writes = 0
+    unlinks = 0
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def stat(self):
+        return type("Stat", (), {"length": len(FakeObject.data)})()
+
+    def read_bytes(self) -> bytes:
+        FakeObject.reads += 1
+        return FakeObject.data[:-4] if FakeObject.reads <= FakeObject.short else FakeObject.data
+
+    def write_bytes(self, data: bytes) -> None:  # The first upload leaves an empty object.
+        FakeObject.writes += 1
+        FakeObject.data = b"" if FakeObject.writes == 1 else data
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        FakeObject.unlinks += 1
+        if FakeObject.unlinks == 1:
+            raise ConnectionError("connection closed before the answer")
+        if not missing_ok:
+            raise FileNotFoundError(self.path)
+
+
+@pytest.fixture
+def fake_object(monkeypatch):
+    monkeypatch.setattr(storage.epath, "Path", FakeObject)
+    monkeypatch.setattr(storage.retries.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(FakeObject, "reads", 0)
+    monkeypatch.setattr(FakeObject, "unlinks", 0)
+    monkeypatch.setattr(FakeObject, "writes", 0)
+    monkeypatch.setattr(FakeObject, "data", b'{"step": 3}')
+    return FakeObject
+
+
+def test_an_upload_that_left_another_size_is_uploaded_again(fake_object):
+    storage.write_bytes("gs://b/run/config.json", b'{"seed": 0}')
+    assert fake_object.writes == 2 and fake_object.data == b'{"seed": 0}'
+
+
+def test_a_short_read_of_an_object_is_retried_not_taken_for_its_content(fake_object):
+    fake_object.short = 2
+    assert storage.read_bytes("gs://b/run/results.json") == b'{"step": 3}'
+    assert fake_object.reads == 3
+
+
+def test_an_object_always_read_short_is_a_connection_error(fake_object):
+    fake_object.short = 100
+    with pytest.raises(ConnectionError, match="short read, 7 of 11 bytes"):
+        storage.read_bytes("gs://b/run/results.json")
+    assert fake_object.reads == storage.retries.TRIES
+
+
+def test_a_removal_whose_answer_was_lost_is_done(fake_object):
+    storage.remove("gs://b/run/params_0.npz")  # Try 2 finds it gone: the removal was applied.
+    assert fake_object.unlinks == 2
 
 
 @pytest.fixture

@@ -130,3 +130,17 @@ def test_runs_json_appends_and_a_damaged_one_costs_only_its_records(tmp_path, ca
         assert workdir_lib.read_runs(str(tmp_path)) == []
         (warning,) = [r.getMessage() for r in caplog.records]
         assert warning.startswith(f"{runs} is damaged (") and "a new file is started" in warning
+
+
+def test_a_config_json_the_bucket_does_not_give_is_not_damaged(monkeypatch):
+    """A read that failed through storage's retries names the bucket, not a damaged file."""
+
+    def read_bytes(path: str) -> bytes:
+        raise ConnectionError(f"{path}: Error executing an HTTP request: HTTP response code 503")
+
+    monkeypatch.setattr(workdir_lib.storage, "read_bytes", read_bytes)
+    with pytest.raises(errors.StorageError) as raised:
+        workdir_lib.load_config("gs://b/run")
+    message = str(raised.value)
+    assert message.startswith("cannot read gs://b/run/config.json: the bucket did not answer")
+    assert "is damaged" not in message

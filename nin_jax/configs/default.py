@@ -118,6 +118,20 @@ def get_config() -> ml_collections.ConfigDict:
     # parameter initialisation and dropout.
     config.seed = 0
 
+    # --- Several processes (nin_jax/peers.py; docs/SCALING.md) ----------------
+    # A process of a multi-process run that shows no sign of life for this many
+    # seconds (SIGKILL, an OOM kill, a failed host) is taken as lost: every other
+    # process says which one and exits with code 75. A minute is far above any
+    # stall of a healthy TPU-pod host and below the 100 s of JAX's own default;
+    # JAX's runtime gets 2x + 10 s (jax.distributed.initialize's
+    # heartbeat_timeout_seconds) as the backstop, which ends with a C++ abort.
+    config.heartbeat_timeout_seconds = 60
+    # How long a process that ends waits for the others in the distributed runtime's
+    # shutdown barrier (jax.distributed.initialize's shutdown_timeout_seconds; JAX's
+    # default is 300). They have all passed a final sync or saved the same stop step
+    # by then, so the wait is for the others' last writes.
+    config.shutdown_timeout_seconds = 120
+
     # --- Many models in one compiled step (nin_jax/ensemble.py) --------------
     # Models trained at once on the same batches; K > 1 stacks them on a leading
     # axis and vmaps the step (ours: seeds and sweeps for the paper's rows).
