@@ -407,7 +407,8 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             sys.stderr.write(f"fault {kind}: {self.command} {self.path}\n")
         time.sleep(delay)
         upload = self._resumable_upload()
-        if kind == "forwarded" and upload and not body and self.faults.status_unknown(upload):
+        query = kind == "forwarded" and self._status_query(upload)
+        if query and self.faults.status_unknown(upload):
             # GCS answers a status query of a session that received nothing with 308 and no
             # Range; fake-gcs-server instead completes the upload with no bytes.
             self._send(308, "Resume Incomplete", b"")
@@ -459,6 +460,15 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             return None
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         return query.get("upload_id", [None])[0]
+
+    def _status_query(self, upload: str | None) -> bool:
+        """Whether this PUT asks a resumable upload's status ("Content-Range: bytes */N", no
+        body) for an object of N > 0 bytes: an empty object's upload is complete as sent."""
+        content_range = self.headers.get("Content-Range", "")
+        if not upload or not content_range.startswith("bytes */"):
+            return False
+        total = content_range.removeprefix("bytes */")
+        return total != "0"
 
     def _send(self, status: int, reason: str, data: bytes, kind: str = "text/plain") -> None:
         self.send_response_only(status, reason)
