@@ -201,9 +201,11 @@ def test_a_killed_process_stops_the_others_promptly(tmp_path, digits_data_dir, c
     reported = [i for i in survivors if ended[i][0] == errors.EXIT_CODE_PROCESS_LOST]
     for i in survivors:
         if i not in reported and count > 2:
-            # gloo (CPU collectives only) can take the broken pair's last bytes for a message
-            # and abort inside its own C++ code at once (seen with 4 processes).
-            assert ended[i][0] == -signal.SIGABRT and "gloo" in logs[i], logs[i][-3000:]
+            # A survivor can be aborted in C++ before the watch speaks (seen with 4 processes:
+            # gloo, CPU collectives only, taking the broken pair's last bytes for a message, and
+            # once an abort whose log kept no C++ message): bounded, no hang, no traceback.
+            assert ended[i][0] == -signal.SIGABRT, logs[i][-3000:]
+            assert "Traceback" not in logs[i], logs[i][-3000:]
             continue
         assert i in reported, logs[i][-3000:]
         lines = [line for line in logs[i].splitlines() if line.startswith("error: ")]
