@@ -8,12 +8,12 @@ The paper's MNIST network (configs/mnist.py: 96-64-48 / 128-96-48 / 128-96-10,
 5x5 kernels, 349,674 parameters, dropout 0.5 between blocks), its He-normal
 kernels and class layer started at 0 with bias 1, per-pixel-value standardisation,
 batch 128, momentum 0.9, weight decay 1e-4.
-Ours, chosen on the validation split (config.validation=True: trains on
-train[:50000], evaluates on train[50000:]; docs/RECIPES.md, "Fashion-MNIST"):
-every layer at the base rate (no per-layer multipliers: the MNIST recipe's 0.1x
-class layer is what keeps its loss at ln 10), base rate 0.05 with one epoch of
-warmup and a cosine decay, 10 epochs; translation by up to 4 pixels and
-horizontal flips (clothes are left-right symmetric as digits are not).
+Ours: every layer at the base rate (no per-layer multipliers) and base rate 0.05,
+chosen on the validation split (config.validation=True: trains on train[:50000],
+evaluates on train[50000:]; docs/RECIPES.md, "Fashion-MNIST"); one epoch of warmup
+and a cosine decay over 10 epochs (the budget: about an hour for one model on 2 CPU
+cores); translation by up to 4 pixels and horizontal flips (clothes are left-right
+symmetric as digits are not). Measured: 9.94% +- 0.11% test error over 3 seeds.
 """
 
 from nin_jax.configs import mnist
