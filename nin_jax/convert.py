@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from nin_jax import cli, config_validation, storage, torch_weights
+from nin_jax import cli, config_validation, params_io, storage, torch_weights
 from nin_jax import workdir as workdir_lib
 from nin_jax.errors import ConfigError, FileDamagedError, WorkdirError
 
@@ -67,12 +67,7 @@ def import_torch():
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """The tensors of the ``state_dict`` saved in ``path``, as float32 numpy arrays."""
     torch = import_torch()
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise WorkdirError(f"--from_torch={path}: no such file") from None
-    except OSError as e:
-        raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
+    data = params_io.read_input(path, f"--from_torch={path}")
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zipfile and torch raise many types for other files.

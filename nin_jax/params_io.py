@@ -55,17 +55,23 @@ def save(path: str, params: Mapping[str, Any]) -> None:
     storage.write_bytes(path, buffer.getvalue())
 
 
+def read_input(path: str, label: str | None = None) -> bytes:
+    """The bytes of a file the user named (``label``: how, e.g. ``--from_torch=PATH``); a
+    missing or unreadable one is a one-line ``WorkdirError``."""
+    try:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        raise WorkdirError(f"{label or path}: no such file") from None
+    except OSError as e:
+        raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def load(path: str) -> dict[str, Any]:
     """The nested dict of numpy arrays ``save`` wrote to ``path``.
 
     A missing file is a ``WorkdirError``, a damaged one a ``FileDamagedError`` (one line).
     """
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise WorkdirError(f"{path}: no such file") from None
-    except OSError as e:
-        raise WorkdirError(f"cannot read {path}: {e.strerror or e}") from None
+    data = read_input(path)
     if not data.startswith(b"PK"):  # np.load would try it as a pickle or a .npy file.
         raise FileDamagedError(f"{path} is damaged (not a .npz file); {_REMEDY}")
     try:
