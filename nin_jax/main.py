@@ -17,7 +17,7 @@ seed ...) is refused unless --allow_schedule_change.
 from absl import flags, logging
 from ml_collections import config_dict, config_flags
 
-from nin_jax import cli, config_validation, peers
+from nin_jax import cli, config_validation, errors, peers
 from nin_jax import workdir as workdir_lib
 
 # JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
@@ -141,7 +141,11 @@ def main(argv: list[str]) -> None:
         # No process leaves before the others are done: process 0 hosts the coordination
         # service, and its exit aborts any process still working (e.g. still writing).
         multihost_utils.sync_global_devices("nin_jax.main: done")
-    finally:  # Also on an error or a stop: the others must not take this exit for a loss.
+    except errors.Stopped:  # Every process stops at the same step: they leave together too.
+        watchdog.close()
+        jax.distributed.shutdown()
+        raise
+    finally:  # Also on an error: the others must not take this exit for a loss.
         watchdog.close()
     jax.distributed.shutdown()
 

@@ -180,6 +180,11 @@ class Watchdog:
         if self._stop.is_set():
             return
         self._stop.set()
+        # Joined before the last write: a bump after it would undo the 'left', and a call
+        # still in flight when the runtime shuts down aborts the process.
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
         try:
             self._client.key_value_set(f"{_PREFIX}{self._index}", _LEFT, allow_overwrite=True)
         except Exception as e:  # The store is gone too: nobody is left to tell.
