@@ -5,18 +5,21 @@ shardings of the state it is given, so a run saved on N devices resumes on any
 other number. The tools read a checkpoint back without a target.
 """
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
 from nin_jax import retries, storage
 from nin_jax import workdir as workdir_lib
-from nin_jax.errors import FileDamagedError, TrainingError, WorkdirError
+from nin_jax.errors import FileDamagedError, StorageError, TrainingError, WorkdirError
 
 
 def directory(workdir: str) -> str:
@@ -39,13 +42,63 @@ class TrainingManager(ocp.CheckpointManager):
     def reached_preemption(self, step: int) -> bool:
         return False
 
+    def save(self, step: int, *args: Any, **kwargs: Any) -> bool:
+        with _saving(self.directory, f"the checkpoint at step {step} in"):
+            return super().save(step, *args, **kwargs)
+
+    def wait_until_finished(self) -> None:
+        with _saving(self.directory):
+            super().wait_until_finished()
+
+    def close(self) -> None:
+        with _saving(self.directory):
+            super().close()
+
+
+@contextlib.contextmanager
+def _saving(path: Any, what: str = "a checkpoint in") -> Iterator[None]:
+    """A save (or the wait for one, which raises the errors of the saves still running)
+    that the bucket did not answer through every retry as one ``StorageError``.
+
+    What the save had written is left: a step without Orbax's commit marker
+    (``commit_success.txt`` on a bucket, the rename of its temporary directory on a
+    disk) is not a checkpoint, so the next run resumes from the newest complete one.
+    """
+    try:
+        yield
+    except StorageError:  # Already said (a wait inside the close).
+        raise
+    except Exception as e:
+        if not retries.is_transient(e):
+            raise
+        raise retries.unwritable(f"{what} {path}", e) from e
+
+
+def bound_tensorstore_retries() -> None:
+    """TensorStore's retries of one request (Orbax's arrays) bounded by ``retries``' budget.
+
+    Orbax builds every TensorStore context from its module's defaults
+    (``tensorstore_utils.get_ts_context``), with no option for the retries: the resource
+    is added to those defaults (TensorStore's own: 32 attempts, about 15 minutes).
+    """
+    resource = retries.tensorstore_retries(retries.budget_seconds)
+    for defaults in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):
+        defaults["gcs_request_retries"] = resource
+
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The training run's manager; temporary directories of a save cut short are removed."""
+    bound_tensorstore_retries()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.max_checkpoints, create=True, cleanup_tmp_directories=True
     )
-    return TrainingManager(directory(workdir), options=options)
+    path = directory(workdir)
+    try:
+        return TrainingManager(path, options=options)
+    except Exception as e:  # Orbax lists the steps and cleans up through the file system.
+        if not retries.is_transient(e):
+            raise
+        raise retries.unreadable(f"the checkpoints in {path}", e) from e
 
 
 def restore_or_keep(manager: ocp.CheckpointManager, state: Any) -> Any:
@@ -159,6 +212,7 @@ def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
     path = directory(workdir)
     if not storage.isdir(path):
         raise WorkdirError(f"no checkpoint in {path}: train first (python -m nin_jax.main)")
+    bound_tensorstore_retries()
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(path, options=options) as manager:
         steps = sorted(manager.all_steps())

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_dict
 
-from nin_jax import errors, tpu_slices
+from nin_jax import errors, retries, tpu_slices
 
 _UNSET = "None"
 _HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
@@ -219,6 +219,7 @@ def run(main: Callable[[list[str]], None], positional: bool = False, quiet: bool
     """
     atexit.register(_skip_module_teardown)  # Registered first: runs after all the others.
     tpu_slices.skip_absent_tpu()
+    retries.configure(retries.budget_seconds)  # Before TensorFlow loads (nin_jax.retries).
     try:
         app.run(functools.partial(_guarded, main, positional, quiet), flags_parser=parse_flags)
     except SystemExit as e:

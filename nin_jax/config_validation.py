@@ -103,6 +103,7 @@ def _check_ints(config: ml_collections.ConfigDict) -> None:
         "seed": 0,
         "heartbeat_timeout_seconds": 2,
         "shutdown_timeout_seconds": 1,
+        "storage_retry_seconds": 1,
     }
     for field, minimum in at_least.items():
         value = _get(config, field)

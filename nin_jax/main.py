@@ -17,7 +17,7 @@ seed ...) is refused unless --allow_schedule_change.
 from absl import flags, logging
 from ml_collections import config_dict, config_flags
 
-from nin_jax import cli, config_validation, errors, peers
+from nin_jax import cli, config_validation, errors, peers, retries
 from nin_jax import workdir as workdir_lib
 
 # JAX, TensorFlow and Orbax take seconds to import: ``main`` imports them once the
@@ -125,6 +125,7 @@ def train_and_report(config: config_dict.ConfigDict, watchdog: peers.Watchdog | 
 def main(argv: list[str]) -> None:
     config = FLAGS.config
     config_validation.validate(config)
+    retries.configure(config.storage_retry_seconds)  # Before TensorFlow loads.
     distributed = distributed_arguments()
     if distributed is None:  # One process: what taking the lock checks needs no JAX.
         workdir_lib.check_available(FLAGS.workdir)

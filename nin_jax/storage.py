@@ -20,8 +20,10 @@ error (``nin_jax.retries``: 429, 5xx, a dropped connection), and a read that ret
 fewer bytes than the object's size is such an error (``retries.ShortReadError``),
 never the file's content; so is an upload after which the object has another size
 than what was written (``retries.ShortWriteError``). What still fails after the
-retries comes out as a ``ConnectionError`` (an ``OSError``), which callers report as
-a bucket that could not be read, not as a damaged file. Every operation here is idempotent (whole
+retries comes out, for a read, as a ``ConnectionError`` (an ``OSError``), which callers
+report as a bucket that could not be read (naming what they read), not as a damaged
+file; for a write, a removal or a new directory, as a ``StorageError`` naming the path
+(``retries.unwritable``), one ``error:`` line. Every operation here is idempotent (whole
 objects are written, a removal that finds the object gone is done), so a retry after
 an answer that was lost is safe.
 """
@@ -69,8 +71,12 @@ def _os_errors(path: str) -> Iterator[None]:
         raise kind(f"{path}: {message.strip().splitlines()[0]}") from None
 
 
+_CHANGES = ("writing", "creating", "removing")  # The operations that change the bucket.
+
+
 def _do(what: str, path: str, operation: Callable[[], T]) -> T:
-    """``operation()`` with TensorFlow's errors as ``OSError``s; retried on a bucket."""
+    """``operation()`` with TensorFlow's errors as ``OSError``s; retried on a bucket, where a
+    change the bucket did not answer through the retries is a ``StorageError``."""
 
     def attempt() -> T:
         with _os_errors(path):
@@ -78,7 +84,12 @@ def _do(what: str, path: str, operation: Callable[[], T]) -> T:
 
     if not is_remote(path):
         return attempt()
-    return retries.call(attempt, f"{what} {path}")
+    try:
+        return retries.call(attempt, f"{what} {path}")
+    except OSError as e:
+        if what in _CHANGES and retries.is_transient(e):
+            raise retries.unwritable(path, e) from e
+        raise
 
 
 def exists(path: str) -> bool:
@@ -210,6 +221,8 @@ class LineLog:
             self._lines = [read_bytes(path)]
         except FileNotFoundError:
             self._lines = []
+        except ConnectionError as e:  # Not a reason to start the log afresh: stop instead.
+            raise retries.unreadable(path, e) from e
 
     def write(self, text: str) -> None:
         """Adds ``text`` (whole lines, each ending in a newline) to the file."""

@@ -86,3 +86,34 @@ def test_only_the_training_loop_asks_the_preemption_sync_point(
         assert ("save_finalize", 3) in calls, calls
     else:
         assert calls == []
+
+
+def test_a_save_the_bucket_did_not_answer_is_one_line_and_keeps_the_last(tmp_path, monkeypatch):
+    """The error of a save in Orbax's background thread (raised by the next save, the wait or
+    the close) becomes one StorageError; the newest complete checkpoint stays."""
+    config = load_config("digits", model__widths=((4, 4, 4), (4, 4, 4), (4, 4)))
+    state = init_state(models.from_config(config, num_classes=10), (8, 8, 1), optax.sgd(0.1))
+    manager = checkpointing.create_manager(str(tmp_path), config)
+    manager.save(3, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+
+    def unavailable(self, *args, **kwargs):
+        raise ValueError("UNAVAILABLE: HTTP status 503 writing gs://b/run/checkpoints/6/d/x")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", unavailable)
+    with pytest.raises(errors.StorageError, match="^cannot write the checkpoint at step 6 in "):
+        manager.save(6, args=ocp.args.StandardSave(state))
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", unavailable)
+    with pytest.raises(errors.StorageError, match="^cannot write a checkpoint in .*did not"):
+        manager.close()
+    monkeypatch.undo()
+    assert checkpointing.create_manager(str(tmp_path), config).all_steps() == [3]
+
+
+def test_tensorstore_gets_the_retry_budget(monkeypatch):
+    monkeypatch.setattr(checkpointing.retries, "budget_seconds", 5.0)
+    checkpointing.bound_tensorstore_retries()
+    spec = checkpointing.ts_utils.get_ts_context(use_ocdbt=True).spec.to_json()
+    monkeypatch.undo()
+    checkpointing.bound_tensorstore_retries()  # The default budget again.
+    assert spec["gcs_request_retries"] == {"max_retries": 4}  # 1 + 3 retries; 1 s, 32 s: defaults.

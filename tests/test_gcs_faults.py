@@ -11,8 +11,14 @@ in order.
 
 import io
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import gcs_server
 import helpers
 import numpy as np
 import pytest
@@ -81,3 +87,68 @@ def test_a_run_on_a_flaky_bucket_ends_as_on_a_disk(gcs, digits_data_dir, local_r
         (r["split"], r["step"]) for r in local_lines
     ]  # Every line once, in order (the second session trains nothing, so logs nothing).
     assert [r.get("loss") for r in lines] == [r.get("loss") for r in local_lines]
+
+
+OUTAGE_STEPS, RETRY_SECONDS = 400, 5
+_COMMITTED = re.compile(r"/checkpoints/(\d+)/commit_success\.txt$")
+
+
+def committed_steps(gcs, workdir: str) -> list[int]:
+    """The steps whose checkpoint Orbax finished (its commit marker is in the bucket)."""
+    return sorted(int(m[1]) for n in gcs.names(workdir) if (m := _COMMITTED.search(n)))
+
+
+def start_main(gcs, argv: list[str], log_path: Path) -> subprocess.Popen:
+    """``python -m nin_jax.main argv`` in the sandbox (not train_worker.py, which imports
+    TensorFlow before ``main`` can set its retries), output to ``log_path``."""
+    env = {**os.environ, "PYTHONPATH": str(helpers.REPO_ROOT), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": helpers.xla_flags(1), **gcs.env()}  # fmt: skip
+    return subprocess.Popen(
+        gcs.command([sys.executable, "-m", "nin_jax.main", *argv]), cwd=helpers.REPO_ROOT,
+        env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_an_outage_longer_than_the_retries_ends_the_run_in_one_line(gcs, digits_data_dir, tmp_path):
+    """Every request fails from just after the first checkpoint on: the run stops with one
+    error line (exit 2) within a bound, the newest complete checkpoint stays, and the same
+    command resumes from it once the bucket answers."""
+    data_dir, workdir = "outage/tfds", "outage/run"
+    gcs.set_faults()
+    gcs.upload_tree(Path(digits_data_dir), data_dir)
+    argv = helpers.train_args(
+        gcs.url(workdir), gcs.url(data_dir), num_train_steps=OUTAGE_STEPS,
+        checkpoint_every_steps=EVERY, log_every_steps=EVERY, eval_every_steps=OUTAGE_STEPS,
+        batch_size=32, eval_split="test", storage_retry_seconds=RETRY_SECONDS,
+    )  # fmt: skip
+    first = start_main(gcs, argv, tmp_path / "run_1.txt")
+    try:
+        helpers.wait_for(lambda: committed_steps(gcs, workdir), first, timeout=300)
+        gcs.outage(900)  # Longer than the run can take to stop: ended by set_faults below.
+        started = time.monotonic()
+        code = first.wait(timeout=600)
+        seconds = time.monotonic() - started
+        outage_requests = gcs.fault_counts()["outage"]
+    finally:
+        helpers.kill(first)
+        gcs.set_faults()
+    log = (tmp_path / "run_1.txt").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    print(f"outage: exit {code} after {seconds:.1f} s, {outage_requests} requests failed; {errors}")
+    assert code == 2, log[-3000:]
+    assert len(errors) == 1 and "the bucket did not answer" in errors[0], log[-3000:]
+    assert f"gs://{gcs_server.BUCKET}/{workdir}" in errors[0]
+    assert "Traceback" not in log, log[-3000:]
+    assert seconds < 20 * RETRY_SECONDS  # docs/SCALING.md: within about 2 x the budget per step.
+
+    kept = committed_steps(gcs, workdir)
+    assert kept and kept[-1] < OUTAGE_STEPS
+    second = start_main(gcs, argv, tmp_path / "run_2.txt")
+    try:
+        code = second.wait(timeout=600)
+    finally:
+        helpers.kill(second)
+    log = (tmp_path / "run_2.txt").read_text()
+    assert code == 0, log[-3000:]
+    assert f"Resuming from the checkpoint at step {kept[-1]}." in log, log[-3000:]
+    assert json.loads(gcs.read(f"{workdir}/results.json"))["step"] == OUTAGE_STEPS

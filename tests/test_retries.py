@@ -2,12 +2,13 @@
 file's content; the backoff's tries, waits and its one warning per incident."""
 
 import json
+import os
 
 import pytest
 import tensorflow as tf
 from absl import logging
 
-from nin_jax import retries
+from nin_jax import errors, retries
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,58 @@ def test_other_errors_are_raised_at_once(warnings):
     with pytest.raises(FileNotFoundError):
         retries.call(operation, "reading gs://b/x", sleep=lambda s: None)
     assert operation.calls == 1 and warnings == []
+
+
+def test_no_retry_starts_once_the_budget_has_passed(monkeypatch, warnings):
+    clock = iter([0.0, 10.0, 200.0])  # The first try began at 0; the second failed at 200 s.
+    monkeypatch.setattr(retries.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(retries, "budget_seconds", 120.0)
+    operation = Flaky(100, ConnectionError("connection reset"))
+    with pytest.raises(ConnectionError):
+        retries.call(operation, "reading gs://b/x", sleep=lambda s: None)
+    assert operation.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "count"), [(1, 1), (5, 3), (7, 3), (8, 4), (120, 8), (127, 8), (128, 9)]
+)
+def test_the_clients_get_as_many_retries_as_fit_in_the_budget(seconds, count):
+    # Waits of 1, 2, 4, 8, 16, 32, 32 ... s until they add up to the budget.
+    assert retries.client_retries(seconds) == count
+
+
+def test_tensorflow_and_tensorstore_get_the_same_budget():
+    assert retries.tensorflow_environment(120) == {
+        "GCS_RETRY_CONFIG_MAX_RETRIES": "8",
+        "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "1000000",
+        "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "32000000",
+    }
+    # TensorStore counts attempts, the first one included.
+    assert retries.tensorstore_retries(120) == {
+        "max_retries": 9, "initial_delay": "1s", "max_delay": "32s"
+    }
+
+
+def test_configure_leaves_a_setting_the_user_made(monkeypatch):
+    monkeypatch.setattr(retries, "_set_here", {})
+    monkeypatch.setattr(retries, "budget_seconds", retries.budget_seconds)
+    for name in retries.tensorflow_environment(1):  # Restored at the end of the test.
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GCS_RETRY_CONFIG_MAX_RETRIES", "2")
+    retries.configure(120)
+    retries.configure(5)  # Its own settings it changes again (cli.run, then main).
+    assert os.environ["GCS_RETRY_CONFIG_MAX_RETRIES"] == "2"
+    assert os.environ["GCS_RETRY_CONFIG_MAX_DELAY_TIME_US"] == "32000000"
+    assert os.environ["GCS_RETRY_CONFIG_INIT_DELAY_TIME_US"] == "1000000"
+    assert retries.budget_seconds == 5.0
+
+
+def test_a_write_the_bucket_did_not_answer_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setattr(retries, "budget_seconds", 120.0)
+    error = retries.unwritable("gs://b/run/metrics.jsonl", ConnectionError("HTTP 503"))
+    assert isinstance(error, errors.StorageError)
+    assert str(error).startswith(
+        "cannot write gs://b/run/metrics.jsonl: the bucket did not answer through 120 s of "
+        "retries (config.storage_retry_seconds; ConnectionError: HTTP 503)"
+    )
+    assert "\n" not in str(error)

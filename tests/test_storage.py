@@ -186,3 +186,20 @@ def test_an_output_below_a_file_is_one_error_line(trained_workdir, tmp_path):
     result = run_cli("nin_jax.plot", f"--workdir={trained_workdir}", f"--output={below}/c.png")
     assert_one_line_error(result, message)
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_a_write_the_bucket_never_answers_is_one_storage_error_line(fake_object, monkeypatch):
+    def unavailable(self, data: bytes) -> None:
+        raise ConnectionError("HTTP response code 503")
+
+    monkeypatch.setattr(fake_object, "write_bytes", unavailable)
+    log = storage.LineLog.__new__(storage.LineLog)  # A log already open on the bucket.
+    log._path, log._lines, log._file = METRICS, [], None  # noqa: SLF001
+    with pytest.raises(errors.StorageError, match=f"^cannot write {METRICS}: the bucket did"):
+        log.write('{"step": 20}\n')
+
+
+def test_a_metrics_log_the_bucket_does_not_give_is_not_started_afresh(fake_object, monkeypatch):
+    fake_object.short = 100
+    with pytest.raises(errors.StorageError, match=f"^cannot read {METRICS}: the bucket did"):
+        storage.LineLog(METRICS)

@@ -114,6 +114,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     # Checkpoints kept in workdir/checkpoints.
     config.max_checkpoints = 3
+    # Seconds a gs:// file operation is retried (429, 5xx, dropped connections) before
+    # the run stops with one "error: ... the bucket did not answer" line (exit 2; the
+    # same command resumes from the newest complete checkpoint). Every client gets it:
+    # nin_jax's own retries, TensorFlow's GCS file system and TensorStore (Orbax's
+    # arrays), each keeping its 1-32 s backoff (nin_jax/retries.py). 120 s is
+    # google-cloud-storage's default retry deadline: an outage of up to two minutes
+    # costs a pause, a longer one ends the run within about twice this.
+    config.storage_retry_seconds = 120
     # Seed of the data order and augmentation, and (unless init_seed is set) of
     # parameter initialisation and dropout.
     config.seed = 0
