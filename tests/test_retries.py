@@ -134,7 +134,9 @@ def test_tensorflow_and_tensorstore_get_the_same_budget():
     }
     # TensorStore counts attempts, the first one included.
     assert retries.tensorstore_retries(120) == {
-        "max_retries": 9, "initial_delay": "1s", "max_delay": "32s"
+        "max_retries": 9,
+        "initial_delay": "1s",
+        "max_delay": "32s",
     }
 
 
