@@ -43,7 +43,8 @@ class TrainingManager(ocp.CheckpointManager):
         return False
 
     def save(self, step: int, *args: Any, **kwargs: Any) -> bool:
-        with _saving(self.directory, f"the checkpoint at step {step} in"):
+        # An earlier save's error in Orbax's thread also comes out here: "saving", not "of".
+        with _saving(self.directory, f"a checkpoint (saving step {step}) in"):
             return super().save(step, *args, **kwargs)
 
     def wait_until_finished(self) -> None:

@@ -101,7 +101,9 @@ def test_a_save_the_bucket_did_not_answer_is_one_line_and_keeps_the_last(tmp_pat
         raise ValueError("UNAVAILABLE: HTTP status 503 writing gs://b/run/checkpoints/6/d/x")
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", unavailable)
-    with pytest.raises(errors.StorageError, match="^cannot write the checkpoint at step 6 in "):
+    with pytest.raises(
+        errors.StorageError, match=r"^cannot write a checkpoint \(saving step 6\) in "
+    ):
         manager.save(6, args=ocp.args.StandardSave(state))
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", unavailable)
     with pytest.raises(errors.StorageError, match="^cannot write a checkpoint in .*did not"):

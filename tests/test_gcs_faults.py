@@ -144,7 +144,9 @@ def test_an_outage_longer_than_the_retries_ends_the_run_in_one_line(gcs, digits_
     assert len(errors) == 1 and "the bucket did not answer" in errors[0], log[-3000:]
     assert f"gs://{gcs_server.BUCKET}/{workdir}" in errors[0]
     assert "Traceback" not in log, log[-3000:]
-    assert seconds < 20 * RETRY_SECONDS  # docs/SCALING.md: within about 2 x the budget per step.
+    # The failing operation, the wait for a save in flight and the close: each within about
+    # twice the budget (docs/SCALING.md, A flaky bucket).
+    assert seconds < 20 * RETRY_SECONDS
 
     kept = committed_steps(gcs, workdir)
     assert kept and kept[-1] < OUTAGE_STEPS
