@@ -5,15 +5,14 @@ clothes.
   python -m nin_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/nin_fashion_mnist
 
 The paper's MNIST network (configs/mnist.py: 96-64-48 / 128-96-48 / 128-96-10,
-5x5 kernels, 349,674 parameters, dropout 0.5 between blocks), its He-normal
-kernels and class layer started at 0 with bias 1, per-pixel-value standardisation,
-batch 128, momentum 0.9, weight decay 1e-4.
-Ours: every layer at the base rate (no per-layer multipliers) and base rate 0.05,
-chosen on the validation split (config.validation=True: trains on train[:50000],
-evaluates on train[50000:]; docs/RECIPES.md, "Fashion-MNIST"); one epoch of warmup
-and a cosine decay over 10 epochs (the budget: about an hour for one model on 2 CPU
-cores); translation by up to 4 pixels and horizontal flips (clothes are left-right
-symmetric as digits are not). Measured: 9.94% +- 0.11% test error over 3 seeds.
+5x5 kernels, 349,674 parameters), its He-normal kernels and class layer started at 0
+with bias 1, per-pixel-value standardisation, batch 128, momentum 0.9, weight decay 1e-4.
+Ours: every layer at the base rate (no per-layer multipliers), base rate 0.05, no
+dropout (the paper: 0.5 between blocks) and no augmentation, each chosen on the
+validation split (config.validation=True: trains on train[:50000], evaluates on
+train[50000:]; docs/RECIPES.md, "Fashion-MNIST"); one epoch of warmup and a cosine
+decay over 12 epochs (the budget: about half an hour for one model on 2 CPU cores).
+The test error over 3 seeds: docs/RECIPES.md, "Fashion-MNIST".
 """
 
 from nin_jax.configs import mnist
@@ -22,11 +21,12 @@ from nin_jax.configs import mnist
 def get_config():
     config = mnist.get_config()
     config.dataset = "fashion_mnist"
-    config.augment = "crop_flip"
+    config.augment = "none"
+    config.model.dropout_rate = 0.0
     config.lr_multipliers = False
     config.learning_rate = 0.05
     config.lr_schedule = "cosine"
     config.warmup_epochs = 1.0
-    config.num_epochs = 10
+    config.num_epochs = 12
     config.eval_every_steps = 100_000  # The test set at the end only.
     return config
