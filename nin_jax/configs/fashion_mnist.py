@@ -12,7 +12,7 @@ dropout (the paper: 0.5 between blocks) and no augmentation, each chosen on the
 validation split (config.validation=True: trains on train[:50000], evaluates on
 train[50000:]; docs/RECIPES.md, "Fashion-MNIST"); one epoch of warmup and a cosine
 decay over 6 epochs (the budget: about 25 minutes a model on 2 shared CPU cores).
-The test error over 3 seeds: docs/RECIPES.md, "Fashion-MNIST".
+Measured: 8.04% +- 0.10% test error over 3 seeds (docs/RECIPES.md, "Fashion-MNIST").
 """
 
 from nin_jax.configs import mnist
