@@ -3,17 +3,19 @@
 It validates the config, takes the workdir's lock, loads the data, builds the
 model, optimizer and jitted steps (``nin_jax.steps``), resumes from the newest
 checkpoint (refusing one of another schedule unless asked), and trains. Periodic
-work (log, evaluate, checkpoint, profile) is a
-list of ``clu.periodic_actions`` run after every step; the step's metrics stay
-on the device until a log point or a checkpoint needs them, and each window of
-them is fetched and checked for NaN/Inf once. Every way out (done, error,
-preemption, Ctrl-C) leaves through one ``ExitStack`` that closes the checkpoint
-manager (waiting for its saves), the metrics writers, the signal handlers, the
-profiler and the lock. A session that trains (to the end, or to a stop signal) adds
-its record to ``workdir/runs.json``; ``results.json`` holds the final evaluation
-with every session's record and their totals.
+work (log, evaluate, checkpoint, profile) is a list of ``clu.periodic_actions``
+run after every step; the step's metrics stay on the device until a log point or
+a checkpoint needs them, and each window of them is fetched and checked for
+NaN/Inf once. The host dispatches at most two steps ahead of the devices
+(``StepsInFlight``), so a stop signal is answered within about two steps. Every
+way out (done, error, preemption, Ctrl-C) leaves through one ``ExitStack`` that
+closes the checkpoint manager (waiting for its saves), the metrics writers, the
+signal handlers, the profiler and the lock. A session that trains (to the end,
+or to a stop signal) adds its record to ``workdir/runs.json``; ``results.json``
+holds the final evaluation with every session's record and their totals.
 """
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -175,6 +177,29 @@ class MetricsWindow:
         window = self.host(step)
         self._fetched = []
         return window
+
+
+class StepsInFlight:
+    """Bounds how many dispatched train steps the devices have not finished.
+
+    JAX dispatches a step and returns at once, so without a bound the host runs
+    up to a log point (``log_every_steps``) ahead of the devices. A stop signal is
+    answered at the host's step, and its save waits for every step queued before
+    it: at a second a step, fifty queued steps outlast a preemption notice. Waiting
+    for the step ``limit`` back keeps the next one queued behind the running one,
+    so the devices never idle on the host, and a stop saves within about ``limit``
+    steps of the signal.
+    """
+
+    def __init__(self, limit: int = 2):
+        self._limit = limit
+        self._queue: collections.deque[Any] = collections.deque()
+
+    def add(self, outputs: Any) -> None:
+        """Adds a dispatched step's outputs; blocks until the step ``limit`` back is done."""
+        self._queue.append(outputs)
+        if len(self._queue) > self._limit:
+            jax.block_until_ready(self._queue.popleft())
 
 
 def current_step(state: TrainState) -> int:
@@ -407,10 +432,12 @@ def train_and_evaluate(
             data.train, global_batch_size=config.batch_size, seed=config.seed,
             start_step=start_step, indices_only=config.data_on_device,
         )  # fmt: skip
+        in_flight = StepsInFlight()
         for step in range(start_step + 1, schedule.total_steps + 1):
             batch = steps.to_global(next(batches), mesh)
             state, metrics = jit_train(state, batch, dropout_rng, stats, table)
             window.append(metrics)
+            in_flight.add(metrics)
             reporter.tick(step)
             if signals.requested(step):  # Save this step and stop; no evaluation.
                 log(step, time.monotonic(), state)

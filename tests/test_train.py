@@ -101,3 +101,12 @@ def test_a_tfds_dataset_by_name_trains_and_evaluates(tmp_path):
     dataset = json.loads((tmp_path / "workdir" / "dataset.json").read_text())
     assert dataset["class_names"] == ["disc", "ring", "bar", "cross"]
     assert dataset["image_shape"] == [12, 12, 3]
+
+
+def test_the_host_waits_for_the_step_two_back(monkeypatch):
+    waited = []
+    monkeypatch.setattr(train.jax, "block_until_ready", waited.append)
+    in_flight = train.StepsInFlight(limit=2)
+    for step in range(1, 6):
+        in_flight.add(step)
+        assert waited == list(range(1, max(step - 2, 0) + 1))
