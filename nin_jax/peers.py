@@ -15,9 +15,12 @@ So nin_jax keeps its own watch, over the coordination service's key-value store
 others'. A process whose key has not changed for ``timeout`` seconds is lost; so
 is the coordinator (process 0, which holds the store) once the store cannot be
 reached for that long. Each surviving process then prints one line naming the
-lost one and ends at once with ``EXIT_CODE_PROCESS_LOST`` (no traceback, no
-shutdown barrier, no save: the newest complete checkpoint is what the same
-command on every host resumes from). JAX's own heartbeat timeout is set longer
+lost one and ends with ``EXIT_CODE_PROCESS_LOST`` (no traceback, no shutdown
+barrier, no save: the newest complete checkpoint is what the same command on
+every host resumes from). The survivors mark their keys ``left`` as they go, and
+process 0 goes last (within ``verdict_grace``): when the coordination service
+ends with it, jaxlib aborts every process still in the runtime, which would
+otherwise take the others' one line from them. JAX's own heartbeat timeout is set longer
 (``jax_heartbeat_timeout``), as the backstop should the watch itself be stuck.
 
 A process that ends on purpose (finished, stopped by a signal, or failed with
@@ -57,6 +60,13 @@ def interval(timeout: float) -> float:
     return min(5.0, max(0.2, timeout / 10))
 
 
+def verdict_grace(timeout: float) -> float:
+    """Seconds process 0 waits, after its own verdict, for the other survivors to reach
+    theirs: each judges from its own last look at the lost key, up to two intervals apart,
+    plus scheduling on a loaded host."""
+    return 3 * interval(timeout) + 2.0
+
+
 def is_collective_failure(error: BaseException) -> bool:
     """Whether ``error`` (or one it was raised from) may come from a lost process."""
     seen = set()
@@ -94,6 +104,7 @@ class Watchdog:
         self._interval = interval(timeout)
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # A bump never lands after the 'left'.
         self._values: dict[int, str] = {}
         self._left: set[int] = set()
         self._contact = clock()
@@ -101,6 +112,7 @@ class Watchdog:
         self._changed: dict[int, float] = dict.fromkeys(others, self._contact)
         self._threads: list[threading.Thread] = []
         self._beat = 0
+        self._left_on_verdict = False
 
     def start(self) -> "Watchdog":
         """Starts the exchange and judge threads (daemons: they never hold the process up)."""
@@ -119,9 +131,12 @@ class Watchdog:
         """Bumps this process's key and notes which of the others' keys changed."""
         self._beat += 1
         try:
-            self._client.key_value_set(
-                f"{_PREFIX}{self._index}", str(self._beat), allow_overwrite=True
-            )
+            with self._write_lock:
+                if self._left_on_verdict:
+                    return
+                self._client.key_value_set(
+                    f"{_PREFIX}{self._index}", str(self._beat), allow_overwrite=True
+                )
             pairs = self._client.key_value_dir_get(_PREFIX)
         except Exception:  # The store is out of reach: the judge counts the time.
             return
@@ -166,7 +181,37 @@ class Watchdog:
         logging.flush()
         print(message, file=sys.stderr, flush=True)
         sys.stdout.flush()
+        self.leave_after_verdict(index)
         os._exit(EXIT_CODE_PROCESS_LOST)
+
+    def leave_after_verdict(self, lost: int) -> None:
+        """Marks this process ``left`` (unless the lost one held the store); process 0 then
+        waits up to ``verdict_grace`` for every other survivor to have done the same."""
+        if lost != 0:
+            writer = threading.Thread(target=self._write_left, daemon=True)
+            writer.start()
+            writer.join(self._interval)  # A store that hangs does not hold the exit up.
+        if self._index != 0:
+            return
+        survivors = set(range(self._count)) - {self._index, lost}
+        deadline = time.monotonic() + verdict_grace(self._timeout)
+        while survivors and time.monotonic() < deadline:
+            try:
+                pairs = self._client.key_value_dir_get(_PREFIX)
+            except Exception:
+                return
+            survivors -= {int(key.rsplit("/", 1)[-1]) for key, value in pairs if value == _LEFT}
+            time.sleep(0.05)
+        if not survivors:
+            time.sleep(0.25)  # The last one marked 'left' just before its exit.
+
+    def _write_left(self) -> None:
+        try:
+            with self._write_lock:
+                self._left_on_verdict = True
+                self._client.key_value_set(f"{_PREFIX}{self._index}", _LEFT, allow_overwrite=True)
+        except Exception:  # The store is going too: the others' watches still judge.
+            pass
 
     def wait_for_verdict(self) -> None:
         """After a collective failed: waits until the watch has had time to find a lost
