@@ -184,26 +184,28 @@ class Watchdog:
         self.leave_after_verdict(index)
         os._exit(EXIT_CODE_PROCESS_LOST)
 
-    def leave_after_verdict(self, lost: int) -> None:
+    def leave_after_verdict(self, lost: int) -> set[int]:
         """Marks this process ``left`` (unless the lost one held the store); process 0 then
-        waits up to ``verdict_grace`` for every other survivor to have done the same."""
+        waits up to ``verdict_grace`` for every other survivor to have done the same.
+        Returns the survivors it stopped waiting for."""
         if lost != 0:
             writer = threading.Thread(target=self._write_left, daemon=True)
             writer.start()
             writer.join(self._interval)  # A store that hangs does not hold the exit up.
         if self._index != 0:
-            return
+            return set()
         survivors = set(range(self._count)) - {self._index, lost}
         deadline = time.monotonic() + verdict_grace(self._timeout)
         while survivors and time.monotonic() < deadline:
             try:
                 pairs = self._client.key_value_dir_get(_PREFIX)
             except Exception:
-                return
+                return survivors
             survivors -= {int(key.rsplit("/", 1)[-1]) for key, value in pairs if value == _LEFT}
             time.sleep(0.05)
         if not survivors:
             time.sleep(0.25)  # The last one marked 'left' just before its exit.
+        return survivors
 
     def _write_left(self) -> None:
         try:

@@ -138,23 +138,23 @@ def test_the_coordinator_goes_last_after_a_verdict():
     store.values["nin_jax/alive/3"] = "left"
     started = time.monotonic()
     leaving.start()
-    watchdog.leave_after_verdict(lost=2)  # Process 2 is lost: it is waited for by nobody.
-    assert 0.5 <= time.monotonic() - started < 1.5
+    assert watchdog.leave_after_verdict(lost=2) == set()  # Lost process 2: nobody waits.
+    assert time.monotonic() - started >= 0.5
 
 
 def test_the_coordinator_waits_for_a_silent_survivor_only_so_long():
     store = FakeStore()
     watchdog = peers.Watchdog(store, 0, 3, timeout=2.0)
     started = time.monotonic()
-    watchdog.leave_after_verdict(lost=2)  # Process 1 never reaches its verdict.
-    assert peers.verdict_grace(2.0) <= time.monotonic() - started < peers.verdict_grace(2.0) + 1
+    assert watchdog.leave_after_verdict(lost=2) == {1}  # It never reaches its verdict.
+    assert time.monotonic() - started >= peers.verdict_grace(2.0)
     assert peers.verdict_grace(10) == 5.0 and peers.verdict_grace(60) == 17.0
 
 
 def test_a_survivor_of_a_lost_coordinator_writes_nothing():
     store = FakeStore()
     store.reachable = False  # A call to the gone store would only wait.
-    peers.Watchdog(store, 1, 2, timeout=2.0).leave_after_verdict(lost=0)
+    assert peers.Watchdog(store, 1, 2, timeout=2.0).leave_after_verdict(lost=0) == set()
 
 
 @pytest.mark.parametrize(
