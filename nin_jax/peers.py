@@ -20,8 +20,9 @@ barrier, no save: the newest complete checkpoint is what the same command on
 every host resumes from). The survivors mark their keys ``left`` as they go, and
 process 0 goes last (within ``verdict_grace``): when the coordination service
 ends with it, jaxlib aborts every process still in the runtime, which would
-otherwise take the others' one line from them. JAX's own heartbeat timeout is set longer
-(``jax_heartbeat_timeout``), as the backstop should the watch itself be stuck.
+otherwise take the others' one line from them. JAX's own heartbeat timeout is
+set longer (``jax_heartbeat_timeout``), as the backstop should the watch itself
+be stuck.
 
 A process that ends on purpose (finished, stopped by a signal, or failed with
 its own error) first sets its key to ``left``, so the others never take an
@@ -104,7 +105,7 @@ class Watchdog:
         self._interval = interval(timeout)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()  # A bump never lands after the 'left'.
+        self._write_lock = threading.Lock()  # No bump lands after a verdict's 'left'.
         self._values: dict[int, str] = {}
         self._left: set[int] = set()
         self._contact = clock()
@@ -112,7 +113,7 @@ class Watchdog:
         self._changed: dict[int, float] = dict.fromkeys(others, self._contact)
         self._threads: list[threading.Thread] = []
         self._beat = 0
-        self._left_on_verdict = False
+        self._left_on_verdict = False  # Not _stop: wait_for_verdict would return.
 
     def start(self) -> "Watchdog":
         """Starts the exchange and judge threads (daemons: they never hold the process up)."""
